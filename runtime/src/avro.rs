@@ -1,0 +1,127 @@
+//! The bridge between Rust record types and Avro values: every record that crosses a
+//! topic implements [`AvroRecord`], so the schema in `schemas/` and the Rust type are
+//! checked against each other whenever a value is encoded or decoded.
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a Rust value and an Avro value did not fit each other.
+#[derive(Debug, thiserror::Error)]
+pub enum AvroError {
+    /// The value does not match the schema (a missing field, a wrong type, an unknown
+    /// enum symbol).
+    #[error("value does not match schema {schema}: {message}")]
+    Mismatch {
+        /// The full name of the schema (or its type when it has no name).
+        schema: String,
+        /// What apache-avro said.
+        message: String,
+    },
+    /// A union schema has no variant of the given name.
+    #[error("union has no variant named {0}")]
+    NoSuchVariant(String),
+    /// The Avro bytes could not be read with the schema.
+    #[error("cannot read Avro body: {0}")]
+    Body(String),
+}
+
+/// A record type carried on a topic. The default methods go through serde and resolve
+/// the value against the topic's schema; a top-level union (a topic carrying several
+/// record types) implements [`AvroRecord::to_avro`] with [`union_variant`] so the
+/// variant is chosen by name, never by shape.
+pub trait AvroRecord: Serialize + DeserializeOwned + Sized {
+    /// The Avro value of `self`, resolved against `schema` (the topic's schema).
+    fn to_avro(&self, schema: &Schema) -> Result<Value, AvroError> {
+        let value = apache_avro::to_value(self).map_err(|e| mismatch(schema, e))?;
+        value.resolve(schema).map_err(|e| mismatch(schema, e))
+    }
+
+    /// The Rust value of an Avro value already resolved against the topic's schema.
+    fn from_avro(value: &Value) -> Result<Self, AvroError> {
+        apache_avro::from_value(value).map_err(|e| AvroError::Mismatch {
+            schema: std::any::type_name::<Self>().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The value of `record` as the variant named `full_name` (for example
+/// `orderflow.PlaceOrder`) of the union `schema`.
+pub fn union_variant<T: Serialize>(
+    schema: &Schema,
+    full_name: &str,
+    record: &T,
+) -> Result<Value, AvroError> {
+    let Schema::Union(union) = schema else {
+        return Err(AvroError::NoSuchVariant(full_name.to_string()));
+    };
+    let (index, variant) = union
+        .variants()
+        .iter()
+        .enumerate()
+        .find(|(_, v)| schema_name(v).as_deref() == Some(full_name))
+        .ok_or_else(|| AvroError::NoSuchVariant(full_name.to_string()))?;
+    let value = apache_avro::to_value(record).map_err(|e| mismatch(variant, e))?;
+    let value = value.resolve(variant).map_err(|e| mismatch(variant, e))?;
+    Ok(Value::Union(index as u32, Box::new(value)))
+}
+
+/// The full name of a named schema (`namespace.name`), `None` for anonymous ones.
+pub fn schema_name(schema: &Schema) -> Option<String> {
+    match schema {
+        Schema::Record(r) => Some(r.name.fullname(None)),
+        Schema::Enum(e) => Some(e.name.fullname(None)),
+        Schema::Fixed(f) => Some(f.name.fullname(None)),
+        _ => None,
+    }
+}
+
+fn mismatch(schema: &Schema, error: impl std::fmt::Display) -> AvroError {
+    AvroError::Mismatch {
+        schema: schema_name(schema).unwrap_or_else(|| format!("{:?}", schema_kind(schema))),
+        message: error.to_string(),
+    }
+}
+
+fn schema_kind(schema: &Schema) -> &'static str {
+    match schema {
+        Schema::Union(_) => "union",
+        Schema::String => "string",
+        Schema::Long => "long",
+        Schema::Int => "int",
+        _ => "schema",
+    }
+}
+
+/// Writes `value` (already resolved against `schema`) as an Avro body, no framing.
+pub fn write_body(schema: &Schema, value: Value, out: &mut Vec<u8>) -> Result<(), AvroError> {
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .map_err(|e| mismatch(schema, e))?;
+    writer
+        .write_value(out, value)
+        .map_err(|e| mismatch(schema, e))?;
+    Ok(())
+}
+
+/// Reads an Avro body written with `writer` and resolves it to `reader` (schema
+/// evolution: a field added with a default, a field removed).
+pub fn read_body(writer: &Schema, reader: Option<&Schema>, body: &[u8]) -> Result<Value, AvroError> {
+    let mut cursor = body;
+    let datum = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+        .maybe_reader_schema(reader)
+        .build()
+        .map_err(|e| AvroError::Body(e.to_string()))?;
+    let value = datum
+        .read_value(&mut cursor)
+        .map_err(|e| AvroError::Body(e.to_string()))?;
+    if !cursor.is_empty() {
+        return Err(AvroError::Body(format!(
+            "{} trailing bytes after the record",
+            cursor.len()
+        )));
+    }
+    Ok(value)
+}

@@ -1,0 +1,19 @@
+//! orderflow's streams engine, domain-free.
+//!
+//! - [`avro`]: the [`avro::AvroRecord`] bridge between Rust types and Avro values.
+//! - [`wire`]: the Confluent wire format (magic byte, schema id, Avro body) with
+//!   typed errors naming topic and offset.
+//! - [`registry`]: the embedded schema registry (Confluent REST subset) and the
+//!   registry client with its in-process cache.
+//! - [`topology`]: `topology.yaml`, loaded in two stages (serde, then a compile step
+//!   that collects every error with file:line:column), and its description.
+//! - [`processor`]: the [`processor::Processor`] trait, records, errors and the
+//!   catalog of processor kinds.
+//! - [`context`]: what a processor sees while it runs: stores, outputs, timers.
+//! - [`store`]: key-value state stores.
+//! - [`timer`]: keyed timers on stream time and wall-clock time.
+//! - [`partition`]: the Java client's murmur2 partitioner.
+//! - [`driver`]: the in-process test driver.
+
+pub mod avro;
+pub mod registry;

@@ -1,0 +1,1 @@
+//! The embedded schema registry (in progress).
