@@ -108,10 +108,13 @@ pub fn write_body(schema: &Schema, value: Value, out: &mut Vec<u8>) -> Result<()
 
 /// Reads an Avro body written with `writer` and resolves it to `reader` (schema
 /// evolution: a field added with a default, a field removed).
-pub fn read_body(writer: &Schema, reader: Option<&Schema>, body: &[u8]) -> Result<Value, AvroError> {
+pub fn read_body(
+    writer: &Schema,
+    reader: Option<&Schema>,
+    body: &[u8],
+) -> Result<Value, AvroError> {
     let mut cursor = body;
     let datum = apache_avro::reader::datum::GenericDatumReader::builder(writer)
-        .maybe_reader_schema(reader)
         .build()
         .map_err(|e| AvroError::Body(e.to_string()))?;
     let value = datum
@@ -123,5 +126,36 @@ pub fn read_body(writer: &Schema, reader: Option<&Schema>, body: &[u8]) -> Resul
             cursor.len()
         )));
     }
-    Ok(value)
+    match reader {
+        Some(reader) => resolve_to_reader(writer, reader, value),
+        None => Ok(value),
+    }
+}
+
+/// Resolves a value decoded with `writer` to `reader`. apache-avro's `Value::resolve`
+/// drops the writer's union branch and takes the first reader branch the value fits
+/// by shape, so `DeleteUser {request_id, email}` would become an `UpdateProfile` (its
+/// extra fields default to null) and a `RefundRequested` a `PaymentRequested` (the
+/// extra `reason` is ignored). The Avro spec matches named branches by name; a
+/// top-level union of named types is resolved that way here.
+fn resolve_to_reader(writer: &Schema, reader: &Schema, value: Value) -> Result<Value, AvroError> {
+    if let (Schema::Union(w), Schema::Union(r), Value::Union(index, inner)) =
+        (writer, reader, &value)
+        && let Some(name) = w.variants().get(*index as usize).and_then(schema_name)
+    {
+        let (reader_index, branch) = r
+            .variants()
+            .iter()
+            .enumerate()
+            .find(|(_, v)| schema_name(v).as_deref() == Some(name.as_str()))
+            .ok_or_else(|| AvroError::NoSuchVariant(name.clone()))?;
+        let inner = (**inner)
+            .clone()
+            .resolve_schemata(branch, r.variants().iter().collect())
+            .map_err(|e| AvroError::Body(e.to_string()))?;
+        return Ok(Value::Union(reader_index as u32, Box::new(inner)));
+    }
+    value
+        .resolve(reader)
+        .map_err(|e| AvroError::Body(e.to_string()))
 }

@@ -2,18 +2,32 @@
 //!
 //! - [`avro`]: the [`avro::AvroRecord`] bridge between Rust types and Avro values.
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, Avro body) with
-//!   typed errors naming topic and offset.
+//!   typed errors naming topic, partition and offset.
 //! - [`registry`]: the embedded schema registry (Confluent REST subset) and the
 //!   registry client with its in-process cache.
 //! - [`topology`]: `topology.yaml`, loaded in two stages (serde, then a compile step
 //!   that collects every error with file:line:column), and its description.
 //! - [`processor`]: the [`processor::Processor`] trait, records, errors and the
-//!   catalog of processor kinds.
-//! - [`context`]: what a processor sees while it runs: stores, outputs, timers.
-//! - [`store`]: key-value state stores.
-//! - [`timer`]: keyed timers on stream time and wall-clock time.
+//!   [`processor::Catalog`] of processor kinds.
+//! - [`context`]: what a processor sees while it runs: stores, outputs, global tables,
+//!   timers, clocks.
+//! - [`store`]: key-value state stores with a dirty set (for changelogs) and a
+//!   per-call journal (for rollback).
+//! - [`timer`]: keyed timers on stream time and wall-clock time, kept in a store.
 //! - [`partition`]: the Java client's murmur2 partitioner.
 //! - [`driver`]: the in-process test driver.
 
 pub mod avro;
+pub mod context;
+pub mod driver;
+pub mod partition;
+pub mod processor;
 pub mod registry;
+pub mod store;
+pub mod timer;
+pub mod topology;
+pub mod wire;
+
+pub use context::Context;
+pub use driver::TestDriver;
+pub use processor::{Catalog, ProcessError, Processor, Record};

@@ -1,1 +1,23 @@
-//! The embedded schema registry (in progress).
+//! The embedded schema registry (the Confluent REST subset clients use) and the
+//! registry client the engine resolves schemas through.
+//!
+//! - [`store`]: [`SchemaStore`], the registry core: subjects, versions, global ids,
+//!   compatibility levels, every change a [`RegistryEvent`] so it can be logged and
+//!   replayed.
+//! - [`http`]: the REST API over a store ([`http::app`], [`http::serve`]).
+//! - [`client`]: [`RegistryClient`], embedded (a store in this process) or remote (a
+//!   registry over HTTP, through schema_registry_converter), with an in-process
+//!   cache so each schema id is fetched at most once.
+//! - [`error`]: [`RegistryError`], with the Confluent error code of each refusal.
+
+pub mod client;
+pub mod error;
+pub mod http;
+pub mod store;
+
+pub use client::{RegisteredSchema, RegistryClient};
+pub use error::RegistryError;
+pub use store::{
+    CompatibilityLevel, EventListener, NewSchema, Registration, RegistryEvent, SchemaReference,
+    SchemaStore, SchemaVersion, StoredSchema, VersionSpec,
+};

@@ -1,0 +1,299 @@
+//! What a processor sees while one of its hooks runs: its declared stores, its
+//! declared outputs, the global tables it declared, its named timers and the two
+//! clocks. Anything undeclared is a [`ProcessError::Contract`] error, so the topology
+//! file stays the truth about what each processor touches.
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value;
+
+use crate::avro::AvroRecord;
+use crate::processor::ProcessError;
+use crate::store::KeyValueStore;
+use crate::timer::{TimeDomain, TimerIndex};
+use crate::topology::ProcessorNode;
+use crate::wire::TopicSerde;
+
+/// A record a processor forwarded, encoded in the wire format, waiting to be
+/// produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The topic.
+    pub topic: String,
+    /// The key.
+    pub key: String,
+    /// The framed value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The timestamp (the input record's, or the timer's due time).
+    pub timestamp: i64,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Global tables: every partition of a topic, materialized on every instance, keyed by
+/// record key, holding the latest decoded value.
+#[derive(Debug, Default, Clone)]
+pub struct GlobalTables {
+    tables: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+impl GlobalTables {
+    /// Applies a record of `topic` (a tombstone deletes).
+    pub fn apply(&mut self, topic: &str, key: &str, value: Option<Value>) {
+        let table = self.tables.entry(topic.to_string()).or_default();
+        match value {
+            Some(Value::Null) | None => {
+                table.remove(key);
+            }
+            Some(v) => {
+                table.insert(key.to_string(), v);
+            }
+        }
+    }
+
+    /// The table of `topic`, if any record of it has been seen.
+    pub fn table(&self, topic: &str) -> Option<&BTreeMap<String, Value>> {
+        self.tables.get(topic)
+    }
+}
+
+/// A read-only view of one global table.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalTable<'a> {
+    topic: &'a str,
+    rows: Option<&'a BTreeMap<String, Value>>,
+}
+
+impl GlobalTable<'_> {
+    /// The latest value under `key`, as the topic's Rust type.
+    pub fn get<T: AvroRecord>(&self, key: &str) -> Result<Option<T>, ProcessError> {
+        self.rows
+            .and_then(|rows| rows.get(key))
+            .map(|v| {
+                T::from_avro(v).map_err(|e| {
+                    ProcessError::Fatal(format!("global table {}: row {key:?}: {e}", self.topic))
+                })
+            })
+            .transpose()
+    }
+
+    /// Whether `key` has a row.
+    pub fn contains(&self, key: &str) -> bool {
+        self.rows.is_some_and(|rows| rows.contains_key(key))
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.map_or(0, BTreeMap::len)
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The task-level state a context borrows.
+#[derive(Debug)]
+pub struct TaskState {
+    /// The task's partition (of the processor's inputs).
+    pub partition: i32,
+    /// The task's stores by name (the timer store among them).
+    pub stores: BTreeMap<String, KeyValueStore>,
+    /// The due order of the pending timers.
+    pub timers: TimerIndex,
+    /// The largest record timestamp the task has processed.
+    pub stream_time: i64,
+}
+
+/// What a processor hook gets. Created by the engine (or the test driver) around one
+/// call.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub(crate) node: &'a ProcessorNode,
+    pub(crate) task: &'a mut TaskState,
+    pub(crate) globals: &'a GlobalTables,
+    pub(crate) serde: &'a TopicSerde,
+    pub(crate) outputs: &'a mut Vec<Output>,
+    pub(crate) wall_time: i64,
+    pub(crate) timestamp: i64,
+}
+
+impl<'a> Context<'a> {
+    /// A context around one call. `timestamp` is what forwarded records carry.
+    pub fn new(
+        node: &'a ProcessorNode,
+        task: &'a mut TaskState,
+        globals: &'a GlobalTables,
+        serde: &'a TopicSerde,
+        outputs: &'a mut Vec<Output>,
+        wall_time: i64,
+        timestamp: i64,
+    ) -> Self {
+        Context {
+            node,
+            task,
+            globals,
+            serde,
+            outputs,
+            wall_time,
+            timestamp,
+        }
+    }
+
+    /// The processor's name.
+    pub fn processor(&self) -> &str {
+        &self.node.name
+    }
+
+    /// The task's partition.
+    pub fn partition(&self) -> i32 {
+        self.task.partition
+    }
+
+    /// Stream time: the largest record timestamp this task has processed.
+    pub fn stream_time(&self) -> i64 {
+        self.task.stream_time
+    }
+
+    /// Wall-clock time, epoch milliseconds (the driver's clock in tests).
+    pub fn wall_time(&self) -> i64 {
+        self.wall_time
+    }
+
+    /// The timestamp forwarded records get.
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+
+    /// A declared store.
+    pub fn store(&mut self, name: &str) -> Result<&mut KeyValueStore, ProcessError> {
+        let declared = self.node.stores.iter().any(|s| s == name)
+            && self.node.timer_store.as_deref() != Some(name);
+        if !declared {
+            return Err(ProcessError::Contract(format!(
+                "processor {} used store {name:?}, which topology.yaml does not give it (its stores: {})",
+                self.node.name,
+                self.node.stores.join(", ")
+            )));
+        }
+        self.task
+            .stores
+            .get_mut(name)
+            .ok_or_else(|| ProcessError::Fatal(format!("store {name:?} is not open in this task")))
+    }
+
+    /// A declared global table.
+    pub fn global(&self, topic: &str) -> Result<GlobalTable<'_>, ProcessError> {
+        if !self.node.global_tables.iter().any(|t| t == topic) {
+            return Err(ProcessError::Contract(format!(
+                "processor {} read global table {topic:?}, which topology.yaml does not give it",
+                self.node.name
+            )));
+        }
+        Ok(GlobalTable {
+            topic: self
+                .node
+                .global_tables
+                .iter()
+                .find(|t| *t == topic)
+                .map_or("", String::as_str),
+            rows: self.globals.table(topic),
+        })
+    }
+
+    /// Forwards a record to a declared output topic, with the current timestamp.
+    pub fn forward<T: AvroRecord>(
+        &mut self,
+        topic: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), ProcessError> {
+        self.check_output(topic)?;
+        let bytes = self
+            .serde
+            .encode(topic, value)
+            .map_err(|e| ProcessError::Fatal(e.to_string()))?;
+        self.outputs.push(Output {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            value: Some(bytes),
+            timestamp: self.timestamp,
+            headers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Forwards a tombstone (deletes `key` from a compacted topic).
+    pub fn forward_tombstone(&mut self, topic: &str, key: &str) -> Result<(), ProcessError> {
+        self.check_output(topic)?;
+        self.outputs.push(Output {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            value: None,
+            timestamp: self.timestamp,
+            headers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn check_output(&self, topic: &str) -> Result<(), ProcessError> {
+        if self.node.outputs.iter().any(|t| t == topic) {
+            Ok(())
+        } else {
+            Err(ProcessError::Contract(format!(
+                "processor {} forwarded to {topic:?}, which is not among its outputs ({})",
+                self.node.name,
+                self.node.outputs.join(", ")
+            )))
+        }
+    }
+
+    /// Sets the named timer for `key` to fire its declared delay from now on its
+    /// declared clock; returns the due time. Setting it again moves it.
+    pub fn set_timer(&mut self, name: &str, key: &str) -> Result<i64, ProcessError> {
+        let spec = self.timer_spec(name)?;
+        let now = match spec.domain {
+            TimeDomain::StreamTime => self.task.stream_time.max(self.timestamp),
+            TimeDomain::WallClock => self.wall_time,
+        };
+        let due = now.saturating_add(i64::try_from(spec.after.as_millis()).unwrap_or(i64::MAX));
+        self.set_timer_at(name, key, due)?;
+        Ok(due)
+    }
+
+    /// Sets the named timer for `key` to fire at `due` on its declared clock.
+    pub fn set_timer_at(&mut self, name: &str, key: &str, due: i64) -> Result<(), ProcessError> {
+        let spec = self.timer_spec(name)?;
+        let (store, index) = self.timer_store()?;
+        index.set(store, name, key, spec.domain, due)
+    }
+
+    /// Cancels the named timer for `key`; returns whether it was pending.
+    pub fn cancel_timer(&mut self, name: &str, key: &str) -> Result<bool, ProcessError> {
+        self.timer_spec(name)?;
+        let (store, index) = self.timer_store()?;
+        index.cancel(store, name, key)
+    }
+
+    fn timer_spec(&self, name: &str) -> Result<crate::topology::compile::TimerSpec, ProcessError> {
+        self.node.timers.get(name).copied().ok_or_else(|| {
+            ProcessError::Contract(format!(
+                "processor {} set timer {name:?}, which topology.yaml does not declare under its timers",
+                self.node.name
+            ))
+        })
+    }
+
+    fn timer_store(&mut self) -> Result<(&mut KeyValueStore, &mut TimerIndex), ProcessError> {
+        let name = self.node.timer_store.as_deref().ok_or_else(|| {
+            ProcessError::Contract(format!("processor {} has no timers", self.node.name))
+        })?;
+        let store = self
+            .task
+            .stores
+            .get_mut(name)
+            .ok_or_else(|| ProcessError::Fatal(format!("timer store {name:?} is not open")))?;
+        Ok((store, &mut self.task.timers))
+    }
+}

@@ -1,0 +1,139 @@
+//! A small stateful sample processor for the runtime's tests: it counts clicks per
+//! user in a store, forwards every new count, closes a user's count after a minute of
+//! wall-clock silence (a wall-clock timer) and marks a session boundary 30 s of stream
+//! time after a user's first click (a stream-time timer).
+
+#![allow(dead_code)]
+
+use orderflow_runtime::avro::AvroRecord;
+use orderflow_runtime::processor::{BuildError, ProcessorSpec};
+use orderflow_runtime::timer::Timer;
+use orderflow_runtime::{Catalog, Context, ProcessError, Processor, Record};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Click {
+    pub user: String,
+    pub page: String,
+}
+impl AvroRecord for Click {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Count {
+    pub user: String,
+    pub count: i64,
+    #[serde(rename = "final")]
+    pub closed: bool,
+}
+impl AvroRecord for Count {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterConfig {
+    /// Pages not counted.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Counter {
+    config: CounterConfig,
+}
+
+impl Counter {
+    pub fn build(spec: &ProcessorSpec) -> Result<Box<dyn Processor>, BuildError> {
+        Ok(Box::new(Counter {
+            config: spec.config()?,
+        }))
+    }
+}
+
+impl Processor for Counter {
+    fn stores(&self) -> &'static [&'static str] {
+        &["counts"]
+    }
+
+    fn timers(&self) -> &'static [&'static str] {
+        &["idle", "session"]
+    }
+
+    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let click: Click = record.value()?;
+        if click.user != record.key {
+            return Err(ProcessError::invalid(format!(
+                "key {} is not the click's user {}",
+                record.key, click.user
+            )));
+        }
+        if click.page == "/boom" {
+            // Write, then fail: the test checks the write is rolled back.
+            ctx.store("counts")?.put(&click.user, &999_i64)?;
+            return Err(ProcessError::invalid("boom"));
+        }
+        if click.page == "/undeclared" {
+            return ctx.forward("clicks", &click.user, &click);
+        }
+        if self.config.ignore.contains(&click.page) {
+            return Ok(());
+        }
+        let store = ctx.store("counts")?;
+        let count = store.get::<i64>(&click.user)?.unwrap_or(0) + 1;
+        store.put(&click.user, &count)?;
+        if count == 1 {
+            ctx.set_timer("session", &click.user)?;
+        }
+        ctx.set_timer("idle", &click.user)?;
+        ctx.forward(
+            "counts",
+            &click.user,
+            &Count {
+                user: click.user.clone(),
+                count,
+                closed: false,
+            },
+        )
+    }
+
+    fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let store = ctx.store("counts")?;
+        let count = store.get::<i64>(&timer.key)?.unwrap_or(0);
+        if timer.name == "idle" {
+            store.delete(&timer.key);
+            ctx.cancel_timer("session", &timer.key)?;
+            ctx.forward(
+                "counts",
+                &timer.key,
+                &Count {
+                    user: timer.key.clone(),
+                    count,
+                    closed: true,
+                },
+            )
+        } else {
+            // A session boundary: forward the count as of now, marked with -count.
+            ctx.forward(
+                "counts",
+                &timer.key,
+                &Count {
+                    user: timer.key.clone(),
+                    count: -count,
+                    closed: false,
+                },
+            )
+        }
+    }
+}
+
+pub fn catalog() -> Catalog {
+    let mut catalog = Catalog::new();
+    catalog.register("counter", Counter::build);
+    catalog
+}
+
+pub fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn counter_yaml() -> String {
+    std::fs::read_to_string(fixtures().join("counter.yaml")).expect("fixture")
+}
