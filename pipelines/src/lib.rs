@@ -1,1 +1,20 @@
+//! orderflow's processors: user cache, order saga, payment authorizer, buyer
+//! relations, chat fan-out.
+//!
+//! - [`records`]: the Rust types of every topic's records, matching `schemas/*.avsc`,
+//!   and the topic names.
+//! - [`catalog`](mod@catalog): the processor kinds by name, for topology.yaml.
+//! - [`user_cache`]: `user-cache`, the user table: `auth.commands` → `auth.users` +
+//!   `edge.replies`.
+//! - [`buyer_relations`]: `buyer-relations`, stateless: PAID `orders.events` →
+//!   `auth.relations`.
+//! - [`chat_fanout`]: `chat-fanout`: `chat.messages` → `chat.deliveries`, one per room
+//!   participant, with each room's recent history.
 
+pub mod buyer_relations;
+pub mod catalog;
+pub mod chat_fanout;
+pub mod records;
+pub mod user_cache;
+
+pub use catalog::catalog;
