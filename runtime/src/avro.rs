@@ -126,6 +126,14 @@ pub fn read_body(
             cursor.len()
         )));
     }
+    // apache-avro 0.22 reads a string cut short by the end of the body as a null
+    // rather than failing; a value that does not validate against the schema it was
+    // read with is such a truncated body.
+    if !value.validate(writer) {
+        return Err(AvroError::Body(
+            "the body ends before the record does (truncated)".to_string(),
+        ));
+    }
     match reader {
         Some(reader) => resolve_to_reader(writer, reader, value),
         None => Ok(value),

@@ -13,6 +13,8 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 
 use crate::avro::{self, AvroError, AvroRecord};
+use crate::registry::{RegistryClient, RegistryError};
+use crate::topology::Topology;
 
 /// The first byte of every framed value.
 pub const MAGIC: u8 = 0;
@@ -57,6 +59,9 @@ pub enum DecodeErrorKind {
     UnknownSchema(u32),
     /// The topic is not one this serde knows.
     UnknownTopic,
+    /// The registry could not be asked about the schema id (unreachable, 5xx): not the
+    /// record's fault, so the caller retries rather than dead-lettering it.
+    Registry(String),
     /// The body does not read with the writer's schema, or does not resolve to the
     /// topic's schema.
     Body(String),
@@ -75,12 +80,18 @@ impl fmt::Display for DecodeErrorKind {
             }
             DecodeErrorKind::UnknownSchema(id) => write!(f, "unknown schema id {id}"),
             DecodeErrorKind::UnknownTopic => f.write_str("no schema is declared for this topic"),
+            DecodeErrorKind::Registry(m) => write!(f, "schema registry unavailable: {m}"),
             DecodeErrorKind::Body(m) => write!(f, "bad Avro body: {m}"),
         }
     }
 }
 
 impl DecodeErrorKind {
+    /// Whether trying again later may succeed (the record itself may be fine).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, DecodeErrorKind::Registry(_))
+    }
+
     /// A stable name for headers and metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -89,6 +100,7 @@ impl DecodeErrorKind {
             DecodeErrorKind::Truncated { .. } => "truncated",
             DecodeErrorKind::UnknownSchema(_) => "unknown_schema",
             DecodeErrorKind::UnknownTopic => "unknown_topic",
+            DecodeErrorKind::Registry(_) => "registry",
             DecodeErrorKind::Body(_) => "bad_body",
         }
     }
@@ -248,4 +260,84 @@ impl TopicSerde {
             kind: DecodeErrorKind::Body(e.to_string()),
         })
     }
+}
+
+impl TopicSerde {
+    /// Registers the value schema of every data topic of `topology` under
+    /// `<topic>-value` (BACKWARD compatibility by default: an incompatible change is
+    /// refused here, at start, not discovered by a consumer) and binds each topic to
+    /// its id.
+    pub async fn register(
+        topology: &Topology,
+        registry: &RegistryClient,
+    ) -> Result<TopicSerde, RegisterError> {
+        let mut topics = BTreeMap::new();
+        for (name, topic) in &topology.topics {
+            let Some(schema) = &topic.schema else {
+                continue;
+            };
+            let registered = registry
+                .register(&format!("{name}-value"), &schema.text)
+                .await
+                .map_err(|source| RegisterError {
+                    topic: name.clone(),
+                    file: schema.file.clone(),
+                    source,
+                })?;
+            topics.insert(
+                name.clone(),
+                TopicSchemaId {
+                    id: registered.id,
+                    schema: schema.schema.clone(),
+                },
+            );
+        }
+        Ok(TopicSerde::new(topics))
+    }
+
+    /// Decodes like [`TopicSerde::decode`], asking the registry once for a writer
+    /// schema id not seen before (then it is cached).
+    pub async fn decode_with(
+        &self,
+        registry: &RegistryClient,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        bytes: &[u8],
+    ) -> Result<Value, DecodeError> {
+        match self.decode(topic, partition, offset, bytes) {
+            Err(DecodeError {
+                kind: DecodeErrorKind::UnknownSchema(id),
+                ..
+            }) => {
+                let kind = match registry.schema_by_id(id).await {
+                    Ok(found) => {
+                        self.insert_writer(id, Arc::new(found.schema.clone()));
+                        return self.decode(topic, partition, offset, bytes);
+                    }
+                    Err(RegistryError::SchemaIdNotFound(_)) => DecodeErrorKind::UnknownSchema(id),
+                    Err(e) => DecodeErrorKind::Registry(e.to_string()),
+                };
+                Err(DecodeError {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    kind,
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+/// A topic's schema was refused by the registry at start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register the schema of {topic} ({file}) as {topic}-value: {source}")]
+pub struct RegisterError {
+    /// The topic.
+    pub topic: String,
+    /// Its `.avsc` file.
+    pub file: String,
+    /// What the registry said.
+    pub source: RegistryError,
 }

@@ -137,11 +137,9 @@ impl RegistryClient {
         let registered = Arc::new(registered);
         lock(&self.registered).insert(key, registered.clone());
         // The text is the one registered under that id (or an equivalent one), so a
-        // later lookup of the id needs no call either.
-        let cell = self.cell(registered.id);
-        if cell.set(registered.clone()).is_err() {
-            // Already resolved, or being resolved: keep that one.
-        }
+        // later lookup of the id needs no call either. A cell already resolved (or
+        // being resolved) keeps its value.
+        let _ = self.cell(registered.id).set(registered.clone());
         Ok(RegisteredSchema::clone(&registered))
     }
 

@@ -102,7 +102,8 @@ pub struct Topic {
 pub struct TopicSchema {
     /// The parsed schema.
     pub schema: Arc<Schema>,
-    /// Its canonical text, as registered under `<topic>-value`.
+    /// Its JSON text (defaults, docs and logical types kept), as registered under
+    /// `<topic>-value`.
     pub text: Arc<str>,
     /// The `.avsc` file it came from, as written in topology.yaml.
     pub file: String,
@@ -524,10 +525,12 @@ impl Compiler<'_> {
         }
         match Schema::parse_str(&text) {
             Ok(schema) => {
-                let canonical = schema.canonical_form();
+                // Not the Parsing Canonical Form: that drops defaults and logical
+                // types, which the registry's compatibility checks need.
+                let text = serde_json::to_string(&schema).unwrap_or(text);
                 Some(TopicSchema {
                     schema: Arc::new(schema),
-                    text: canonical.into(),
+                    text: text.into(),
                     file: file.to_string(),
                 })
             }

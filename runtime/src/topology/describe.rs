@@ -128,9 +128,9 @@ fn text(t: &Topology) -> String {
         for e in t.edges.values() {
             let _ = writeln!(
                 out,
-                "  {} ({:?}): publishes {}; reads {}",
+                "  {} ({}): publishes {}; reads {}",
                 e.name,
-                e.kind,
+                kind_name(&e.kind),
                 list(&e.publishes),
                 list(&e.reads)
             );
@@ -139,10 +139,24 @@ fn text(t: &Topology) -> String {
     if !t.sinks.is_empty() {
         let _ = writeln!(out, "\nsinks:");
         for s in t.sinks.values() {
-            let _ = writeln!(out, "  {} ({:?}) <- {}", s.name, s.kind, list(&s.inputs));
+            let _ = writeln!(
+                out,
+                "  {} ({}) <- {}",
+                s.name,
+                kind_name(&s.kind),
+                list(&s.inputs)
+            );
         }
     }
     out
+}
+
+/// The name a kind has in topology.yaml.
+fn kind_name(kind: &impl serde::Serialize) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn list(items: &[String]) -> String {
