@@ -223,15 +223,11 @@ impl ChatFanout {
     pub fn build(spec: &ProcessorSpec) -> Result<Box<dyn Processor>, BuildError> {
         let config: ChatFanoutConfig = spec.config()?;
         if config.history_limit == 0 {
-            return Err(BuildError {
-                path: format!("{}.config.history_limit", spec.path),
-                pos: Some(
-                    spec.config
-                        .as_ref()
-                        .map_or(spec.pos, |node| node.pos_of(&["history_limit"])),
-                ),
-                message: "history_limit must be at least 1: the kept history is also what catches duplicate message ids".to_string(),
-            });
+            return Err(BuildError::at_config(
+                spec,
+                "history_limit",
+                "history_limit must be at least 1: the kept history is also what catches duplicate message ids",
+            ));
         }
         Ok(Box::new(ChatFanout::new(&config)))
     }

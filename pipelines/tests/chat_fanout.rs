@@ -414,12 +414,20 @@ fn history_limit_comes_from_config_and_is_checked() -> Result<()> {
     assert_eq!(kept.len(), 100);
     assert_eq!(kept[0].message_id, "m5");
 
-    let zero = TestDriver::from_yaml(&small_yaml("      history_limit: 0"), WORKSPACE, &catalog())
+    let zero_yaml = small_yaml("      history_limit: 0");
+    let zero = TestDriver::from_yaml(&zero_yaml, WORKSPACE, &catalog())
         .err()
         .context("history_limit 0 must be refused")?;
     let text = zero.to_string();
+    let line = zero_yaml
+        .lines()
+        .position(|l| l.contains("history_limit: 0"))
+        .context("the line")?
+        + 1;
     assert!(
-        text.contains("processors.chat-fanout.config.history_limit"),
+        text.starts_with(&format!(
+            "topology.yaml:{line}:22 processors.chat-fanout.config.history_limit: history_limit must be at least 1"
+        )),
         "{text}"
     );
 

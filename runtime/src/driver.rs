@@ -871,6 +871,16 @@ impl StoreView<'_> {
         Ok(all)
     }
 
+    /// Every entry as raw bytes, sorted by key: for stores whose values are not all
+    /// of one type.
+    pub fn raw_entries(&self) -> BTreeMap<String, Vec<u8>> {
+        self.parts
+            .iter()
+            .flat_map(|part| part.iter())
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    }
+
     /// Number of keys over all tasks.
     pub fn len(&self) -> usize {
         self.parts.iter().map(|p| p.len()).sum()

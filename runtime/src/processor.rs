@@ -185,6 +185,21 @@ pub struct BuildError {
 }
 
 impl BuildError {
+    /// An error about one field of the processor's `config:` block, reported where
+    /// that field is written (or where the block is, when the field is absent).
+    pub fn at_config(spec: &ProcessorSpec, field: &str, message: impl Into<String>) -> Self {
+        let pos = spec
+            .config
+            .as_ref()
+            .map(|c| c.pos_of(&[field]))
+            .unwrap_or(spec.pos);
+        BuildError {
+            path: format!("{}.config.{field}", spec.path),
+            pos: Some(pos),
+            message: message.into(),
+        }
+    }
+
     /// An error about the processor as a whole.
     pub fn new(spec: &ProcessorSpec, message: impl Into<String>) -> Self {
         BuildError {

@@ -50,6 +50,12 @@ fn counts_per_key_in_a_store() {
     );
     assert_eq!(d.store("counts").get::<i64>("ann").unwrap(), Some(3));
     assert_eq!(d.store("counts").get::<i64>("bob").unwrap(), Some(1));
+    let raw = d.store("counts").raw_entries();
+    assert_eq!(raw.keys().collect::<Vec<_>>(), ["ann", "bob"]);
+    assert_eq!(
+        raw["ann"],
+        orderflow_runtime::store::encode_value(&3_i64).unwrap()
+    );
     // Read is incremental: nothing new since the last read.
     assert!(counts(&mut d).is_empty());
 }
