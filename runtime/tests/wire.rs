@@ -266,3 +266,56 @@ fn rand_suffix() -> u128 {
         .map(|d| d.as_nanos())
         .unwrap_or(0)
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn local_serde() -> TopicSerde {
+        let topology = load_str(
+            &counter_yaml(),
+            "counter.yaml",
+            &fixtures(),
+            &|_| None,
+            &catalog(),
+        )
+        .unwrap();
+        let mut topics = std::collections::BTreeMap::new();
+        for (i, (name, topic)) in topology.topics.iter().enumerate() {
+            if let Some(schema) = &topic.schema {
+                topics.insert(
+                    name.clone(),
+                    orderflow_runtime::wire::TopicSchemaId {
+                        id: i as u32 + 1,
+                        schema: schema.schema.clone(),
+                    },
+                );
+            }
+        }
+        TopicSerde::new(topics)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes at all: an error or a value, never a panic.
+        #[test]
+        fn arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let serde = local_serde();
+            let _ = serde.decode("clicks", 0, 0, &bytes);
+        }
+
+        /// A valid record with bytes flipped, cut or appended after the header.
+        #[test]
+        fn mutated_records(flips in proptest::collection::vec((0usize..64, any::<u8>()), 1..4), cut in 0usize..40) {
+            let serde = local_serde();
+            let mut bytes = serde.encode("clicks", &click()).unwrap();
+            for (at, b) in flips {
+                let at = 5 + at % (bytes.len() - 5);
+                bytes[at] = b;
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut).max(5));
+            let _ = serde.decode("clicks", 0, 0, &bytes);
+        }
+    }
+}
