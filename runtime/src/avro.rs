@@ -80,7 +80,7 @@ pub fn schema_name(schema: &Schema) -> Option<String> {
 
 fn mismatch(schema: &Schema, error: impl std::fmt::Display) -> AvroError {
     AvroError::Mismatch {
-        schema: schema_name(schema).unwrap_or_else(|| format!("{:?}", schema_kind(schema))),
+        schema: schema_name(schema).unwrap_or_else(|| schema_kind(schema).to_string()),
         message: error.to_string(),
     }
 }

@@ -184,7 +184,7 @@ impl<'a> Context<'a> {
     }
 
     /// A declared global table.
-    pub fn global(&self, topic: &str) -> Result<GlobalTable<'_>, ProcessError> {
+    pub fn global<'t>(&'t self, topic: &'t str) -> Result<GlobalTable<'t>, ProcessError> {
         if !self.node.global_tables.iter().any(|t| t == topic) {
             return Err(ProcessError::Contract(format!(
                 "processor {} read global table {topic:?}, which topology.yaml does not give it",
@@ -192,12 +192,7 @@ impl<'a> Context<'a> {
             )));
         }
         Ok(GlobalTable {
-            topic: self
-                .node
-                .global_tables
-                .iter()
-                .find(|t| *t == topic)
-                .map_or("", String::as_str),
+            topic,
             rows: self.globals.table(topic),
         })
     }

@@ -7,7 +7,7 @@
 //! as a crash would. Same inputs, same outputs: nothing here depends on the machine's
 //! clock, thread timing or hash order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +148,8 @@ pub struct TestDriver {
     runs: BTreeMap<String, ProcessorRun>,
     topics: BTreeMap<String, TopicLog>,
     globals: GlobalTables,
+    /// Topics some processor reads as a global table.
+    global_topics: BTreeSet<String>,
     wall_time: i64,
     cursors: BTreeMap<String, usize>,
     queue: VecDeque<Delivery>,
@@ -217,6 +219,11 @@ impl TestDriver {
                 )
             })
             .collect();
+        let global_topics = topology
+            .processors
+            .values()
+            .flat_map(|p| p.global_tables.iter().cloned())
+            .collect();
         let mut driver = TestDriver {
             topology: Arc::new(topology),
             catalog: catalog.clone(),
@@ -224,6 +231,7 @@ impl TestDriver {
             runs: BTreeMap::new(),
             topics,
             globals: GlobalTables::default(),
+            global_topics,
             wall_time: START_WALL_TIME,
             cursors: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -349,25 +357,7 @@ impl TestDriver {
 
     /// Every record of `topic` as raw bytes (changelog and dead-letter topics).
     pub fn raw_records(&self, topic: &str) -> Result<Vec<TestRecord<Vec<u8>>>, DriverError> {
-        let log = self
-            .topics
-            .get(topic)
-            .ok_or_else(|| DriverError::UnknownTopic(topic.to_string()))?;
-        Ok(log
-            .appended
-            .iter()
-            .map(|&(p, o)| {
-                let r = &log.partitions[p as usize][o as usize];
-                TestRecord {
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                    timestamp: r.timestamp,
-                    partition: p,
-                    offset: o,
-                    headers: r.headers.clone(),
-                }
-            })
-            .collect())
+        self.read_from(topic, 0, |_, _, bytes| Ok(bytes.to_vec()))
     }
 
     /// The dead letters of a processor: raw records with the error headers.
@@ -496,6 +486,19 @@ impl TestDriver {
         topic: &str,
         from: usize,
     ) -> Result<Vec<TestRecord<T>>, DriverError> {
+        self.read_from(topic, from, |p, o, bytes| {
+            Ok(self.serde.decode_as::<T>(topic, p, o, bytes)?)
+        })
+    }
+
+    /// The records of `topic` from append position `from` on, values turned into `T`
+    /// by `value` (given partition, offset and bytes).
+    fn read_from<T>(
+        &self,
+        topic: &str,
+        from: usize,
+        value: impl Fn(i32, i64, &[u8]) -> Result<T, DriverError>,
+    ) -> Result<Vec<TestRecord<T>>, DriverError> {
         let log = self
             .topics
             .get(topic)
@@ -504,14 +507,9 @@ impl TestDriver {
             .iter()
             .map(|&(p, o)| {
                 let r = &log.partitions[p as usize][o as usize];
-                let value = r
-                    .value
-                    .as_deref()
-                    .map(|bytes| self.serde.decode_as::<T>(topic, p, o, bytes))
-                    .transpose()?;
                 Ok(TestRecord {
                     key: r.key.clone(),
-                    value,
+                    value: r.value.as_deref().map(|b| value(p, o, b)).transpose()?,
                     timestamp: r.timestamp,
                     partition: p,
                     offset: o,
@@ -530,12 +528,7 @@ impl TestDriver {
         let partition = crate::partition::partition_for(record.key.as_bytes(), count);
         let part = &mut log.partitions[partition as usize];
         let offset = part.len() as i64;
-        let is_global = self
-            .topology
-            .processors
-            .values()
-            .any(|p| p.global_tables.iter().any(|t| t == topic));
-        if is_global {
+        if self.global_topics.contains(topic) {
             let decoded = record
                 .value
                 .as_deref()

@@ -599,6 +599,15 @@ impl Compiler<'_> {
         let partitions = counts.values().copied().max().unwrap_or(1);
 
         // Outputs no processor may write.
+        let dead_letters: BTreeSet<String> = config
+            .processors
+            .iter()
+            .map(|(other, c)| {
+                c.dead_letter
+                    .clone()
+                    .unwrap_or_else(|| Topology::dead_letter_topic(app, other))
+            })
+            .collect();
         for out in &p.outputs {
             if let Some(topic) = topics.get(out)
                 && topic.role == TopicRole::Ingress
@@ -624,13 +633,7 @@ impl Compiler<'_> {
                     ),
                 );
             }
-            if config.processors.keys().any(|other| {
-                let dlq = config.processors[other]
-                    .dead_letter
-                    .clone()
-                    .unwrap_or_else(|| Topology::dead_letter_topic(app, other));
-                dlq == *out
-            }) {
+            if dead_letters.contains(out.as_str()) {
                 self.error_in_list(
                     &["processors", name, "outputs"],
                     &p.outputs,
