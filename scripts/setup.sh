@@ -12,8 +12,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Debian packages the build links against (native-tls for the registry client).
-packages=(pkg-config libssl-dev)
+# Debian packages: what the build links against (native-tls for the registry
+# client; librdkafka is built from source with make and a C compiler), Java 17+ to
+# run the Kafka broker, Maven to fetch it once.
+packages=(pkg-config libssl-dev build-essential zlib1g-dev)
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -1 || true)
+if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
+  packages+=(openjdk-17-jre-headless)
+fi
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -13,9 +13,42 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# One Apache Kafka broker for the whole run (unless KAFKA_BROKERS names one): every
+# test takes its own random topics, groups and transactional ids on it.
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  cargo build -p orderflow --locked
+  broker_dir="$(mktemp -d -t orderflow-test-broker.XXXXXX)"
+  "$CARGO_TARGET_DIR/debug/orderflow" broker --data "$broker_dir/data" --listen 127.0.0.1:0 \
+    >"$broker_dir/endpoint" 2>"$broker_dir/stderr" &
+  broker_pid=$!
+  cleanup() {
+    kill -INT "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    rm -rf "$broker_dir"
+  }
+  trap cleanup EXIT
+  for _ in $(seq 1 300); do
+    grep -q '^kafka: ' "$broker_dir/endpoint" && break
+    if ! kill -0 "$broker_pid" 2>/dev/null; then
+      echo "test.sh: the Kafka broker did not start:" >&2
+      cat "$broker_dir/stderr" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+  KAFKA_BROKERS="$(sed -n 's/^kafka: //p' "$broker_dir/endpoint")"
+  if [ -z "$KAFKA_BROKERS" ]; then
+    echo "test.sh: the Kafka broker did not answer within 300 s:" >&2
+    cat "$broker_dir/stderr" >&2
+    exit 1
+  fi
+  export KAFKA_BROKERS
+  echo "test.sh: Apache Kafka at $KAFKA_BROKERS" >&2
+fi
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line over every test binary (cargo prints one per binary, the last of
 # which is often an empty doc-test run).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"

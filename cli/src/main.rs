@@ -18,6 +18,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the managed single-node Apache Kafka (KRaft) in the foreground: fetched
+    /// and cached on first use, its data under --data, stopped cleanly on Ctrl-C.
+    Broker {
+        /// The data directory (formatted on first use, reused after).
+        #[arg(long, default_value = "./.orderflow/kafka")]
+        data: PathBuf,
+        /// The client listener; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate or describe topology.yaml.
     Topology {
         #[command(subcommand)]
@@ -65,6 +75,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Topology { command } => topology_command(command),
+        Command::Broker { data, listen } => broker_command(data, listen),
     }
 }
 
@@ -103,6 +114,81 @@ fn topology_command(command: TopologyCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn broker_command(data: PathBuf, listen: std::net::SocketAddr) -> ExitCode {
+    use orderflow_runtime::broker::{Broker, BrokerConfig};
+    let config = BrokerConfig::new(data, listen);
+    let broker = match Broker::start(&config, &mut |line| eprintln!("{line}")) {
+        Ok(broker) => broker,
+        Err(e) => {
+            eprintln!("orderflow broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "kafka: {}", broker.bootstrap())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    drop(stdout);
+    tracing::info!(pid = broker.pid(), data = %broker.data_dir().display(), "broker ready");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let broker = std::sync::Arc::new(broker);
+    let watched = broker.clone();
+    let outcome = runtime.block_on(async move {
+        let exited = tokio::task::spawn_blocking(move || {
+            loop {
+                if let Some(status) = watched.wait_exit(std::time::Duration::from_secs(1)) {
+                    return status;
+                }
+            }
+        });
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = exited => Err(status.unwrap_or_else(|e| e.to_string())),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = terminated => Ok(()),
+        }
+    });
+    match outcome {
+        Ok(()) => {
+            eprintln!("stopping the broker");
+            let status = broker.stop(std::time::Duration::from_secs(60));
+            eprintln!(
+                "broker stopped ({})",
+                status.unwrap_or_else(|| "still running".into())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(status) => {
+            eprintln!(
+                "orderflow broker: the broker exited on its own ({status}); see {}",
+                broker.data_dir().join("broker.log").display()
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,5 +1,7 @@
 //! orderflow's streams engine, domain-free.
 //!
+//! - [`broker`]: the local Apache Kafka broker (fetched once, formatted once, a
+//!   child process that dies with its parent).
 //! - [`avro`]: the [`avro::AvroRecord`] bridge between Rust types and Avro values.
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, Avro body) with
 //!   typed errors naming topic, partition and offset.
@@ -18,6 +20,7 @@
 //! - [`driver`]: the in-process test driver.
 
 pub mod avro;
+pub mod broker;
 pub mod context;
 pub mod driver;
 pub mod partition;

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use orderflow_runtime::avro::AvroRecord;
 use orderflow_runtime::processor::{BuildError, ProcessorSpec};
 use orderflow_runtime::timer::Timer;
