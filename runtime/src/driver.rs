@@ -15,11 +15,13 @@ use std::time::Duration;
 use apache_avro::types::Value;
 
 use crate::avro::AvroRecord;
-use crate::context::{Context, GlobalTables, Output, TaskState};
-use crate::processor::{BuildError, Catalog, ProcessError, Processor, Record};
+use crate::context::{GlobalTables, Output};
+use crate::dead_letter::DeadLetter;
+use crate::processor::{BuildError, Catalog, ProcessError, Record};
 use crate::registry::SchemaStore;
 use crate::store::KeyValueStore;
-use crate::timer::{TimeDomain, TimerIndex};
+use crate::task::{Hook, Task};
+use crate::timer::TimeDomain;
 use crate::topology::compile::TopicRole;
 use crate::topology::{ProcessorNode, Topology, TopologyErrors};
 use crate::wire::{DecodeError, EncodeError, TopicSchemaId, TopicSerde};
@@ -28,21 +30,8 @@ use crate::wire::{DecodeError, EncodeError, TopicSchemaId, TopicSerde};
 /// realistic timestamps without reading the machine's clock.
 pub const START_WALL_TIME: i64 = 1_704_067_200_000;
 
-/// Header names of a dead-letter record.
-pub mod dlq_headers {
-    /// The error message.
-    pub const ERROR: &str = "orderflow.error";
-    /// A stable error code (`bad_magic`, `truncated`, `invalid`, ...).
-    pub const ERROR_KIND: &str = "orderflow.error.kind";
-    /// The processor that gave up on the record.
-    pub const PROCESSOR: &str = "orderflow.processor";
-    /// The record's topic.
-    pub const SOURCE_TOPIC: &str = "orderflow.source.topic";
-    /// The record's partition (decimal).
-    pub const SOURCE_PARTITION: &str = "orderflow.source.partition";
-    /// The record's offset (decimal).
-    pub const SOURCE_OFFSET: &str = "orderflow.source.offset";
-}
+/// Header names of a dead-letter record (see [`crate::dead_letter`]).
+pub use crate::dead_letter::headers as dlq_headers;
 
 /// What the driver could not do.
 #[derive(Debug, thiserror::Error)]
@@ -122,13 +111,8 @@ impl<T> TestRecord<T> {
     }
 }
 
-struct Task {
-    processor: Box<dyn Processor>,
-    state: TaskState,
-}
-
 struct ProcessorRun {
-    node: ProcessorNode,
+    node: Arc<ProcessorNode>,
     tasks: Vec<Task>,
 }
 
@@ -261,7 +245,7 @@ impl TestDriver {
             .get(processor)?
             .tasks
             .get(usize::try_from(partition).ok()?)
-            .map(|t| t.state.stream_time)
+            .map(Task::stream_time)
     }
 
     /// Pipes a record in with the wall clock's time as its timestamp.
@@ -322,9 +306,7 @@ impl TestDriver {
                 .iter()
                 .flat_map(|(name, run)| {
                     run.tasks.iter().enumerate().filter_map(move |(p, t)| {
-                        t.state
-                            .timers
-                            .next_due(TimeDomain::WallClock)
+                        t.next_due(TimeDomain::WallClock)
                             .map(|due| (due, name.clone(), p))
                     })
                 })
@@ -378,12 +360,7 @@ impl TestDriver {
             .and_then(|s| s.owner.clone());
         let parts = owner
             .and_then(|o| self.runs.get(&o))
-            .map(|run| {
-                run.tasks
-                    .iter()
-                    .filter_map(|t| t.state.stores.get(store))
-                    .collect()
-            })
+            .map(|run| run.tasks.iter().filter_map(|t| t.store(store)).collect())
             .unwrap_or_default();
         StoreView { parts }
     }
@@ -392,7 +369,7 @@ impl TestDriver {
     pub fn pending_timers(&self, processor: &str) -> usize {
         self.runs
             .get(processor)
-            .map_or(0, |r| r.tasks.iter().map(|t| t.state.timers.len()).sum())
+            .map_or(0, |r| r.tasks.iter().map(Task::pending_timers).sum())
     }
 
     /// Drops every task as a crash would (no `close`), then starts them again with
@@ -404,23 +381,9 @@ impl TestDriver {
 
     /// Calls `close` on every task.
     pub fn close(mut self) -> Result<(), DriverError> {
-        let names: Vec<String> = self.runs.keys().cloned().collect();
-        for name in names {
-            let Some(mut run) = self.runs.remove(&name) else {
-                continue;
-            };
+        for run in self.runs.values_mut() {
             for task in &mut run.tasks {
-                let mut outputs = Vec::new();
-                let mut ctx = Context::new(
-                    &run.node,
-                    &mut task.state,
-                    &self.globals,
-                    &self.serde,
-                    &mut outputs,
-                    self.wall_time,
-                    self.wall_time,
-                );
-                task.processor.close(&mut ctx);
+                task.close(&self.globals, &self.serde, self.wall_time);
             }
         }
         Ok(())
@@ -434,37 +397,33 @@ impl TestDriver {
                 pos: Some(node.spec.pos),
                 message: format!("unknown processor kind {:?}", node.kind),
             })?;
+            let node = Arc::new(node.clone());
             let mut tasks = Vec::new();
             for partition in 0..node.partitions as i32 {
-                let mut stores = BTreeMap::new();
-                for name in &node.stores {
-                    let mut store = KeyValueStore::new(name.clone());
-                    let changelog = topology.stores.get(name).and_then(|s| s.changelog.clone());
-                    if let Some(log) = changelog.and_then(|c| self.topics.get(&c)) {
-                        for r in log.partitions.get(partition as usize).into_iter().flatten() {
-                            store.restore(&r.key, r.value.clone());
-                        }
-                    }
-                    stores.insert(name.clone(), store);
-                }
-                let timers = match node.timer_store.as_ref().and_then(|n| stores.get(n)) {
-                    Some(store) => {
-                        TimerIndex::rebuild(store).map_err(|error| DriverError::Fatal {
-                            processor: node.name.clone(),
-                            error,
-                        })?
-                    }
-                    None => TimerIndex::default(),
-                };
-                tasks.push(Task {
-                    processor: build(&node.spec)?,
-                    state: TaskState {
-                        partition,
-                        stores,
-                        timers,
-                        stream_time: i64::MIN,
-                    },
+                let changelog = node.stores.iter().flat_map(|store| {
+                    let topic = topology
+                        .stores
+                        .get(store)
+                        .and_then(|s| s.changelog.as_ref());
+                    topic
+                        .and_then(|c| self.topics.get(c))
+                        .and_then(|log| log.partitions.get(partition as usize))
+                        .into_iter()
+                        .flatten()
+                        .map(move |r| (store.clone(), r.key.clone(), r.value.clone()))
                 });
+                let task = Task::restore(
+                    &topology,
+                    node.clone(),
+                    build(&node.spec)?,
+                    partition,
+                    changelog,
+                )
+                .map_err(|error| DriverError::Fatal {
+                    processor: node.name.clone(),
+                    error,
+                })?;
+                tasks.push(task);
             }
             self.runs.insert(
                 node.name.clone(),
@@ -473,8 +432,7 @@ impl TestDriver {
                     tasks,
                 },
             );
-            let partitions = node.partitions as usize;
-            for partition in 0..partitions {
+            for partition in 0..node.partitions as usize {
                 self.call(&node.name, partition, Hook::Init, self.wall_time)?;
             }
         }
@@ -597,7 +555,7 @@ impl TestDriver {
             .get_mut(&d.processor)
             .and_then(|run| run.tasks.get_mut(partition))
         {
-            task.state.stream_time = task.state.stream_time.max(r.timestamp);
+            task.observe(r.timestamp);
         }
         if let Err(error) = self.call(&d.processor, partition, Hook::Process(&record), r.timestamp)
         {
@@ -612,7 +570,7 @@ impl TestDriver {
             .runs
             .get(&d.processor)
             .and_then(|run| run.tasks.get(partition))
-            .map_or(i64::MIN, |t| t.state.stream_time);
+            .map_or(i64::MIN, Task::stream_time);
         self.fire_due(&d.processor, partition, TimeDomain::StreamTime, stream_time)
     }
 
@@ -625,23 +583,14 @@ impl TestDriver {
         now: i64,
     ) -> Result<(), DriverError> {
         loop {
-            let timer = {
-                let Some(run) = self.runs.get_mut(processor) else {
-                    return Ok(());
-                };
-                let Some(store_name) = run.node.timer_store.clone() else {
-                    return Ok(());
-                };
-                let Some(task) = run.tasks.get_mut(partition) else {
-                    return Ok(());
-                };
-                let Some(store) = task.state.stores.get_mut(&store_name) else {
-                    return Ok(());
-                };
-                match task.state.timers.pop_due(store, domain, now) {
-                    Some(t) => t,
-                    None => return Ok(()),
-                }
+            let timer = match self
+                .runs
+                .get_mut(processor)
+                .and_then(|run| run.tasks.get_mut(partition))
+                .and_then(|task| task.pop_due(domain, now))
+            {
+                Some(t) => t,
+                None => return Ok(()),
             };
             let due = timer.due;
             if let Err(e) = self.call(processor, partition, Hook::Punctuate(&timer), due) {
@@ -674,67 +623,26 @@ impl TestDriver {
         let Some(task) = run.tasks.get_mut(partition) else {
             return Ok(());
         };
-        for store in task.state.stores.values_mut() {
-            store.begin();
-        }
-        let mut outputs = Vec::new();
-        let result = {
-            let mut ctx = Context::new(
-                &run.node,
-                &mut task.state,
-                &self.globals,
-                &self.serde,
-                &mut outputs,
-                self.wall_time,
-                timestamp,
-            );
-            match hook {
-                Hook::Init => task.processor.init(&mut ctx),
-                Hook::Process(record) => task.processor.process(record, &mut ctx),
-                Hook::Punctuate(timer) => task.processor.punctuate(timer, &mut ctx),
-            }
-        };
-        match result {
-            Ok(()) => {
-                let mut changelog = Vec::new();
-                for store in task.state.stores.values_mut() {
-                    store.commit_call();
-                    let topic = self
-                        .topology
-                        .stores
-                        .get(store.name())
-                        .and_then(|s| s.changelog.clone());
-                    let dirty = store.take_dirty();
-                    if let Some(topic) = topic {
-                        changelog.extend(dirty.into_iter().map(|(k, v)| (topic.clone(), k, v)));
-                    }
-                }
-                for (topic, key, value) in changelog {
-                    self.append_to_partition(&topic, partition as i32, key, value, timestamp);
+        match task.run(hook, &self.globals, &self.serde, self.wall_time, timestamp) {
+            Ok(outputs) => {
+                for record in task.take_changelog() {
+                    self.append_to_partition(
+                        &record.topic,
+                        partition as i32,
+                        record.key,
+                        record.value,
+                        timestamp,
+                    );
                 }
                 for out in outputs {
                     self.emit(out);
                 }
                 Ok(())
             }
-            Err(error) => {
-                for store in task.state.stores.values_mut() {
-                    store.rollback_call();
-                }
-                if let Some(name) = &run.node.timer_store
-                    && let Some(store) = task.state.stores.get(name)
-                {
-                    task.state.timers =
-                        TimerIndex::rebuild(store).map_err(|error| DriverError::Fatal {
-                            processor: processor.to_string(),
-                            error,
-                        })?;
-                }
-                Err(DriverError::Fatal {
-                    processor: processor.to_string(),
-                    error,
-                })
-            }
+            Err(error) => Err(DriverError::Fatal {
+                processor: processor.to_string(),
+                error,
+            }),
         }
     }
 
@@ -782,30 +690,15 @@ impl TestDriver {
         else {
             return;
         };
-        let mut headers = r.headers.clone();
-        headers.extend([
-            (dlq_headers::ERROR.to_string(), message.as_bytes().to_vec()),
-            (
-                dlq_headers::ERROR_KIND.to_string(),
-                kind.as_bytes().to_vec(),
-            ),
-            (
-                dlq_headers::PROCESSOR.to_string(),
-                d.processor.as_bytes().to_vec(),
-            ),
-            (
-                dlq_headers::SOURCE_TOPIC.to_string(),
-                d.topic.as_bytes().to_vec(),
-            ),
-            (
-                dlq_headers::SOURCE_PARTITION.to_string(),
-                d.partition.to_string().into_bytes(),
-            ),
-            (
-                dlq_headers::SOURCE_OFFSET.to_string(),
-                d.offset.to_string().into_bytes(),
-            ),
-        ]);
+        let headers = DeadLetter {
+            processor: &d.processor,
+            topic: &d.topic,
+            partition: d.partition,
+            offset: d.offset,
+            kind,
+            message,
+        }
+        .headers(&r.headers);
         let record = LogRecord {
             key: r.key.clone(),
             value: r.value.clone(),
@@ -821,12 +714,6 @@ impl TestDriver {
             self.append(&dlq, record);
         }
     }
-}
-
-enum Hook<'r> {
-    Init,
-    Process(&'r Record),
-    Punctuate(&'r crate::timer::Timer),
 }
 
 /// One store across every task of its processor.

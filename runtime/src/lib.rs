@@ -16,17 +16,22 @@
 //! - [`store`]: key-value state stores with a dirty set (for changelogs) and a
 //!   per-call journal (for rollback).
 //! - [`timer`]: keyed timers on stream time and wall-clock time, kept in a store.
+//! - [`task`]: one processor instance over one partition: journaled calls,
+//!   changelog flush, restore; shared by the engine and the test driver.
+//! - [`dead_letter`]: the headers of a dead-letter record.
 //! - [`partition`]: the Java client's murmur2 partitioner.
 //! - [`driver`]: the in-process test driver.
 
 pub mod avro;
 pub mod broker;
 pub mod context;
+pub mod dead_letter;
 pub mod driver;
 pub mod partition;
 pub mod processor;
 pub mod registry;
 pub mod store;
+pub mod task;
 pub mod timer;
 pub mod topology;
 pub mod wire;
