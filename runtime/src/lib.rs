@@ -2,6 +2,8 @@
 //!
 //! - [`broker`]: the local Apache Kafka broker (fetched once, formatted once, a
 //!   child process that dies with its parent).
+//! - [`engine`]: the processors as tasks over rdkafka: consumer group, restore,
+//!   exactly_once transactions or at_least_once commits, timers, dead letters.
 //! - [`avro`]: the [`avro::AvroRecord`] bridge between Rust types and Avro values.
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, Avro body) with
 //!   typed errors naming topic, partition and offset.
@@ -27,6 +29,7 @@ pub mod broker;
 pub mod context;
 pub mod dead_letter;
 pub mod driver;
+pub mod engine;
 pub mod partition;
 pub mod processor;
 pub mod registry;

@@ -36,6 +36,10 @@ pub struct ChangelogRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// A changelog record as read back for a restore: (store, key, value), `None` for a
+/// deletion.
+pub type RestoredEntry = (String, String, Option<Vec<u8>>);
+
 /// One processor instance over one partition.
 pub struct Task {
     node: Arc<ProcessorNode>,
@@ -63,7 +67,7 @@ impl Task {
         node: Arc<ProcessorNode>,
         processor: Box<dyn Processor>,
         partition: i32,
-        changelog: impl IntoIterator<Item = (String, String, Option<Vec<u8>>)>,
+        changelog: impl IntoIterator<Item = RestoredEntry>,
     ) -> Result<Task, ProcessError> {
         let mut stores: BTreeMap<String, KeyValueStore> = node
             .stores

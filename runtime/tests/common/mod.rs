@@ -35,6 +35,13 @@ pub struct CounterConfig {
     /// Pages not counted.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// The output topic.
+    #[serde(default = "default_output")]
+    pub output: String,
+}
+
+fn default_output() -> String {
+    "counts".to_string()
 }
 
 #[derive(Debug)]
@@ -86,7 +93,7 @@ impl Processor for Counter {
         }
         ctx.set_timer("idle", &click.user)?;
         ctx.forward(
-            "counts",
+            &self.config.output,
             &click.user,
             &Count {
                 user: click.user.clone(),
@@ -103,7 +110,7 @@ impl Processor for Counter {
             store.delete(&timer.key);
             ctx.cancel_timer("session", &timer.key)?;
             ctx.forward(
-                "counts",
+                &self.config.output,
                 &timer.key,
                 &Count {
                     user: timer.key.clone(),
@@ -114,7 +121,7 @@ impl Processor for Counter {
         } else {
             // A session boundary: forward the count as of now, marked with -count.
             ctx.forward(
-                "counts",
+                &self.config.output,
                 &timer.key,
                 &Count {
                     user: timer.key.clone(),

@@ -1,0 +1,1198 @@
+//! The engine on a real Apache Kafka: the processors of a topology as tasks over
+//! rdkafka, Kafka Streams style.
+//!
+//! One app is one consumer group (`app` in topology.yaml). Each guarantee present gets
+//! one stream thread: a consumer in the group (range assignment, so co-partitioned
+//! inputs land on the same instance) and one producer. A task is one processor over
+//! one input partition; it is created when its partition is assigned, its stores
+//! restored from their compacted changelogs (read_committed, up to the end) before it
+//! processes anything.
+//!
+//! `exactly_once` follows Kafka Streams' exactly_once_v2: one transactional producer
+//! per stream thread; outputs, changelog writes and dead letters go inside the open
+//! transaction; every `commit_interval` the thread sends its consumed offsets with
+//! the consumer's group metadata (`send_offsets_to_transaction`, so a zombie of an
+//! older generation is fenced) and commits. A rebalance or an abortable error aborts
+//! the open transaction, drops every task (their in-memory state is ahead of what was
+//! committed) and rewinds to the committed offsets; the tasks are restored from their
+//! changelogs again. `at_least_once`: an idempotent producer, offsets committed after
+//! every output is acknowledged, and outputs carry a deterministic id header so a
+//! consumer can drop a repeat.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::context::{GlobalTables, Output};
+use crate::dead_letter::DeadLetter;
+use crate::processor::{Catalog, ProcessError, Record};
+use crate::registry::RegistryClient;
+use crate::task::{Hook, RestoredEntry, Task};
+use crate::timer::TimeDomain;
+use crate::topology::{Cleanup, Guarantee, ProcessorNode, Topology};
+use crate::wire::TopicSerde;
+
+/// The header every output carries under at_least_once: `<topic>/<partition>/<offset>/<n>`
+/// of the input record that produced it (the n-th output of that record), so a
+/// consumer can drop a repeated output.
+pub const ID_HEADER: &str = "orderflow.id";
+
+/// How the engine connects and what it runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// The processors to run; empty runs all of them.
+    pub processors: Vec<String>,
+    /// Names this instance in transactional ids; default random per start.
+    pub instance_id: String,
+    /// Extra librdkafka settings for every client (for example
+    /// `session.timeout.ms`).
+    pub client_overrides: BTreeMap<String, String>,
+}
+
+impl EngineConfig {
+    /// All processors against `bootstrap`.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        EngineConfig {
+            bootstrap: bootstrap.into(),
+            processors: Vec::new(),
+            instance_id: format!("{:x}-{nanos:x}", std::process::id()),
+            client_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why the engine stopped, with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A topic exists with another partition count than topology.yaml gives it.
+    #[error(
+        "topic {topic} has {actual} partitions but topology.yaml says {expected}: change topology.yaml to {actual}, or create a new topic (partition counts cannot shrink, and growing one moves keys to other partitions)"
+    )]
+    PartitionMismatch {
+        /// The topic.
+        topic: String,
+        /// Its partition count on the cluster.
+        actual: i32,
+        /// What topology.yaml says.
+        expected: u32,
+    },
+    /// A named processor is not in the topology.
+    #[error("no processor {0:?} in topology.yaml")]
+    UnknownProcessor(String),
+    /// A Kafka operation failed in a way the instance cannot recover from.
+    #[error("{context}: {error}{hint}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// What librdkafka said.
+        error: KafkaError,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// The schema registry refused a topic's schema.
+    #[error("{0}")]
+    Register(#[from] crate::wire::RegisterError),
+    /// A processor failed fatally.
+    #[error("processor {processor} stopped the instance: {error}")]
+    Processor {
+        /// The processor.
+        processor: String,
+        /// Its error.
+        error: ProcessError,
+    },
+    /// A stream thread panicked or could not start.
+    #[error("stream thread: {0}")]
+    Thread(String),
+}
+
+fn kafka(context: impl Into<String>, hint: &'static str) -> impl FnOnce(KafkaError) -> EngineError {
+    let context = context.into();
+    move |error| EngineError::Kafka {
+        context,
+        error,
+        hint,
+    }
+}
+
+const CHECK_BROKER: &str = " (is the broker reachable at bootstrap.servers?)";
+
+/// Runs the topology's processors until `shutdown` completes or a fatal error stops
+/// the instance. Creates missing topics first and refuses a topic whose partition
+/// count differs from topology.yaml; registers every schema.
+pub async fn run(
+    topology: Arc<Topology>,
+    catalog: Catalog,
+    registry: Arc<RegistryClient>,
+    config: EngineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EngineError> {
+    for name in &config.processors {
+        if !topology.processors.contains_key(name) {
+            return Err(EngineError::UnknownProcessor(name.clone()));
+        }
+    }
+    ensure_topics(&topology, &config).await?;
+    let serde = Arc::new(TopicSerde::register(&topology, &registry).await?);
+    let chosen: Vec<Arc<ProcessorNode>> = topology
+        .processors
+        .values()
+        .filter(|p| config.processors.is_empty() || config.processors.contains(&p.name))
+        .map(|p| Arc::new(p.clone()))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for guarantee in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+        let nodes: Vec<Arc<ProcessorNode>> = chosen
+            .iter()
+            .filter(|p| p.processing == guarantee)
+            .cloned()
+            .collect();
+        if nodes.is_empty() {
+            continue;
+        }
+        let shared = Shared {
+            topology: topology.clone(),
+            catalog: catalog.clone(),
+            serde: serde.clone(),
+            registry: registry.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            stop: stop.clone(),
+        };
+        let config = config.clone();
+        let done = done_tx.clone();
+        let name = format!("stream-{guarantee}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let result =
+                    StreamThread::new(shared, config, guarantee, nodes).and_then(|mut t| t.run());
+                let _ = done.send(result);
+            })
+            .map_err(|e| EngineError::Thread(e.to_string()))?;
+        threads.push(handle);
+    }
+    drop(done_tx);
+    let mut result = Ok(());
+    tokio::pin!(shutdown);
+    let running = threads.len();
+    let mut finished = 0;
+    tokio::select! {
+        () = &mut shutdown => {}
+        first = done_rx.recv() => {
+            finished += 1;
+            if let Some(Err(e)) = first {
+                result = Err(e);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    while finished < running {
+        match done_rx.recv().await {
+            Some(Err(e)) if result.is_ok() => result = Err(e),
+            Some(_) => {}
+            None => break,
+        }
+        finished += 1;
+    }
+    for handle in threads {
+        if handle.join().is_err() && result.is_ok() {
+            result = Err(EngineError::Thread("a stream thread panicked".into()));
+        }
+    }
+    result
+}
+
+fn client_config(config: &EngineConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap);
+    c.set("log_level", "4");
+    for (k, v) in &config.client_overrides {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates the topics topology.yaml declares (and the changelog and dead-letter
+/// topics it implies) that are missing; refuses one whose partition count differs.
+pub async fn ensure_topics(topology: &Topology, config: &EngineConfig) -> Result<(), EngineError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(kafka("creating the admin client", CHECK_BROKER))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(kafka("reading cluster metadata", CHECK_BROKER))?;
+    let existing: BTreeMap<String, i32> = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect();
+    let mut missing = Vec::new();
+    for topic in topology.topics.values() {
+        match existing.get(&topic.name) {
+            Some(&actual) if actual != topic.partitions as i32 => {
+                return Err(EngineError::PartitionMismatch {
+                    topic: topic.name.clone(),
+                    actual,
+                    expected: topic.partitions,
+                });
+            }
+            Some(_) => {}
+            None => missing.push(topic),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                &t.name,
+                t.partitions as i32,
+                TopicReplication::Fixed(i32::from(topology.replication_factor)),
+            )
+            .set(
+                "cleanup.policy",
+                match t.cleanup {
+                    Cleanup::Compact => "compact",
+                    Cleanup::Delete => "delete",
+                },
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(kafka("creating topics", CHECK_BROKER))?;
+    for r in results {
+        if let Err((topic, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(EngineError::Kafka {
+                context: format!("creating topic {topic}"),
+                error: KafkaError::AdminOp(code),
+                hint: "",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What every stream thread shares.
+struct Shared {
+    topology: Arc<Topology>,
+    catalog: Catalog,
+    serde: Arc<TopicSerde>,
+    registry: Arc<RegistryClient>,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+}
+
+/// Rebalance events, recorded by the consumer's callbacks (which run inside `poll`)
+/// and handled by the stream thread right after `poll` returns.
+#[derive(Default)]
+struct RebalanceLog {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+enum RebalanceEvent {
+    Revoked,
+    Assigned(Vec<(String, i32)>),
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance
+            && let Ok(mut events) = self.events.lock()
+        {
+            events.push(RebalanceEvent::Revoked);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance
+            && let Ok(mut events) = self.events.lock()
+        {
+            let assigned = list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            events.push(RebalanceEvent::Assigned(assigned));
+        }
+    }
+}
+
+/// Delivery failures seen by the producer, checked at commit.
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result
+            && let Ok(mut failed) = self.failed.lock()
+            && failed.is_none()
+        {
+            *failed = Some(format!("{}: {error}", message.topic()));
+        }
+    }
+}
+
+struct StreamThread {
+    shared: Shared,
+    guarantee: Guarantee,
+    config: EngineConfig,
+    nodes: Vec<Arc<ProcessorNode>>,
+    consumer: BaseConsumer<RebalanceLog>,
+    producer: ThreadedProducer<Deliveries>,
+    /// Tasks by (processor, partition).
+    tasks: BTreeMap<(String, i32), Task>,
+    /// Input partitions assigned to this thread.
+    assigned: BTreeSet<(String, i32)>,
+    /// Next offset to commit, by input (topic, partition).
+    offsets: BTreeMap<(String, i32), i64>,
+    in_txn: bool,
+    last_commit: Instant,
+    commit_interval: Duration,
+    globals: GlobalTables,
+    global_consumer: Option<BaseConsumer>,
+}
+
+impl StreamThread {
+    fn new(
+        shared: Shared,
+        config: EngineConfig,
+        guarantee: Guarantee,
+        nodes: Vec<Arc<ProcessorNode>>,
+    ) -> Result<Self, EngineError> {
+        let app = shared.topology.app.clone();
+        let inputs: BTreeSet<&str> = nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter().map(String::as_str))
+            .collect();
+        let consumer: BaseConsumer<RebalanceLog> = client_config(&config)
+            .set("group.id", &app)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set("enable.partition.eof", "false")
+            .create_with_context(RebalanceLog::default())
+            .map_err(kafka("creating the consumer", CHECK_BROKER))?;
+        let topics: Vec<&str> = inputs.into_iter().collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(kafka("subscribing", CHECK_BROKER))?;
+        let mut producer_config = client_config(&config);
+        producer_config
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "none");
+        if guarantee == Guarantee::ExactlyOnce {
+            producer_config
+                .set(
+                    "transactional.id",
+                    format!("{app}-{}-{guarantee}", config.instance_id),
+                )
+                .set("transaction.timeout.ms", "60000");
+        }
+        let producer: ThreadedProducer<Deliveries> = producer_config
+            .create_with_context(Deliveries::default())
+            .map_err(kafka("creating the producer", CHECK_BROKER))?;
+        if guarantee == Guarantee::ExactlyOnce {
+            producer
+                .init_transactions(Duration::from_secs(60))
+                .map_err(kafka("initializing transactions", " (the broker needs transaction.state.log settings for its size; see deploy/kafka/server.properties)"))?;
+        }
+        let commit_interval = nodes
+            .iter()
+            .map(|n| n.commit_interval)
+            .min()
+            .unwrap_or(Duration::from_millis(100));
+        let global_topics: BTreeSet<String> = nodes
+            .iter()
+            .flat_map(|n| n.global_tables.iter().cloned())
+            .collect();
+        let mut thread = StreamThread {
+            shared,
+            guarantee,
+            config,
+            nodes,
+            consumer,
+            producer,
+            tasks: BTreeMap::new(),
+            assigned: BTreeSet::new(),
+            offsets: BTreeMap::new(),
+            in_txn: false,
+            last_commit: Instant::now(),
+            commit_interval,
+            globals: GlobalTables::default(),
+            global_consumer: None,
+        };
+        if !global_topics.is_empty() {
+            thread.start_globals(&global_topics)?;
+        }
+        Ok(thread)
+    }
+
+    fn run(&mut self) -> Result<(), EngineError> {
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            let message = match self.consumer.poll(Duration::from_millis(50)) {
+                None => None,
+                Some(Ok(m)) => Some(Ok(OwnedInput::from(&m))),
+                Some(Err(e)) => Some(Err(e)),
+            };
+            self.handle_rebalances()?;
+            self.poll_globals();
+            match message {
+                None => {}
+                Some(Err(e)) => {
+                    if e.rdkafka_error_code()
+                        .is_some_and(|c| c == RDKafkaErrorCode::Fatal)
+                    {
+                        return Err(kafka("consuming", CHECK_BROKER)(e));
+                    }
+                    tracing::warn!(error = %e, "consumer error");
+                }
+                Some(Ok(input)) => self.process_input(input)?,
+            }
+            self.fire_wall_clock()?;
+            if self.last_commit.elapsed() >= self.commit_interval {
+                self.commit()?;
+            }
+        }
+        self.commit()?;
+        let wall = now_ms();
+        for task in self.tasks.values_mut() {
+            task.close(&self.globals, &self.shared.serde, wall);
+        }
+        Ok(())
+    }
+
+    /// Acts on what the consumer's callbacks recorded during the last poll.
+    fn handle_rebalances(&mut self) -> Result<(), EngineError> {
+        let events = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked => {
+                    // Eager protocol: everything is revoked. Work not yet committed is
+                    // dropped (aborted under exactly_once); the next owner of each
+                    // partition restarts from the committed offsets and changelogs.
+                    tracing::info!("partitions revoked: closing tasks");
+                    self.abandon_open_work()?;
+                    self.tasks.clear();
+                    self.assigned.clear();
+                }
+                RebalanceEvent::Assigned(partitions) => {
+                    tracing::info!(partitions = partitions.len(), "partitions assigned");
+                    self.assigned.extend(partitions);
+                    self.create_tasks()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates (restoring its stores) every task of an assigned partition that does
+    /// not exist yet, then runs its `init`.
+    fn create_tasks(&mut self) -> Result<(), EngineError> {
+        let mut todo = Vec::new();
+        for (topic, partition) in &self.assigned {
+            for node in &self.nodes {
+                if node.inputs.iter().any(|t| t == topic)
+                    && !self.tasks.contains_key(&(node.name.clone(), *partition))
+                    && !todo.iter().any(|(n, p): &(Arc<ProcessorNode>, i32)| {
+                        n.name == node.name && p == partition
+                    })
+                {
+                    todo.push((node.clone(), *partition));
+                }
+            }
+        }
+        for (node, partition) in todo {
+            let started = Instant::now();
+            let changelog = self.read_changelogs(&node, partition)?;
+            let restored = changelog.len();
+            let build =
+                self.shared
+                    .catalog
+                    .get(&node.kind)
+                    .ok_or_else(|| EngineError::Processor {
+                        processor: node.name.clone(),
+                        error: ProcessError::Fatal(format!(
+                            "unknown processor kind {:?}",
+                            node.kind
+                        )),
+                    })?;
+            let instance = build(&node.spec).map_err(|e| EngineError::Processor {
+                processor: node.name.clone(),
+                error: ProcessError::Fatal(e.to_string()),
+            })?;
+            let task = Task::restore(
+                &self.shared.topology,
+                node.clone(),
+                instance,
+                partition,
+                changelog,
+            )
+            .map_err(|error| EngineError::Processor {
+                processor: node.name.clone(),
+                error,
+            })?;
+            tracing::info!(
+                processor = %node.name,
+                partition,
+                records = restored,
+                seconds = started.elapsed().as_secs_f64(),
+                "task restored"
+            );
+            self.tasks.insert((node.name.clone(), partition), task);
+            self.call(&node.name, partition, Hook::Init, now_ms(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Every record of the task's changelog partitions, up to their end, as
+    /// (store, key, value).
+    fn read_changelogs(
+        &self,
+        node: &ProcessorNode,
+        partition: i32,
+    ) -> Result<Vec<RestoredEntry>, EngineError> {
+        let topology = &self.shared.topology;
+        let logs: Vec<(String, String)> = node
+            .stores
+            .iter()
+            .filter_map(|s| {
+                topology
+                    .stores
+                    .get(s)
+                    .and_then(|store| store.changelog.clone())
+                    .map(|c| (s.clone(), c))
+            })
+            .collect();
+        let mut out = Vec::new();
+        if logs.is_empty() {
+            return Ok(out);
+        }
+        let consumer: BaseConsumer = client_config(&self.config)
+            .set("group.id", format!("{}-restore", topology.app))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(kafka("creating the restore consumer", CHECK_BROKER))?;
+        for (store, topic) in logs {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(30))
+                .map_err(kafka(
+                    format!("reading the end of {topic}[{partition}]"),
+                    CHECK_BROKER,
+                ))?;
+            if high <= low {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+                .map_err(kafka("assigning the changelog", ""))?;
+            consumer.assign(&tpl).map_err(kafka(
+                format!("assigning {topic}[{partition}]"),
+                CHECK_BROKER,
+            ))?;
+            loop {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let key = m
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .unwrap_or_default();
+                        out.push((store.clone(), key, m.payload().map(<[u8]>::to_vec)));
+                        if m.offset() + 1 >= high {
+                            break;
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(e)) => tracing::warn!(error = %e, topic, "restore consumer error"),
+                    None => {
+                        // Past aborted records and transaction markers there may be no
+                        // more messages to deliver: the position says where we are.
+                        let position = consumer.position().ok().and_then(|p| {
+                            p.find_partition(&topic, partition)
+                                .and_then(|e| e.offset().to_raw())
+                        });
+                        if position.is_some_and(|p| p >= high) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn start_globals(&mut self, topics: &BTreeSet<String>) -> Result<(), EngineError> {
+        let consumer: BaseConsumer = client_config(&self.config)
+            .set("group.id", format!("{}-global", self.shared.topology.app))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(kafka("creating the global table consumer", CHECK_BROKER))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for topic in topics {
+            let partitions = self
+                .shared
+                .topology
+                .topics
+                .get(topic)
+                .map_or(1, |t| t.partitions);
+            for p in 0..partitions as i32 {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .map_err(kafka("assigning a global table", ""))?;
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(30))
+                    .map_err(kafka(
+                        format!("reading the end of {topic}[{p}]"),
+                        CHECK_BROKER,
+                    ))?;
+                ends.push((topic.clone(), p, high));
+            }
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(kafka("assigning global tables", CHECK_BROKER))?;
+        self.global_consumer = Some(consumer);
+        // Bootstrap: read every partition to its end before processing starts.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            self.poll_globals();
+            let Some(consumer) = &self.global_consumer else {
+                break;
+            };
+            let position = consumer.position().ok();
+            let caught_up = ends.iter().all(|(t, p, high)| {
+                *high == 0
+                    || position
+                        .as_ref()
+                        .and_then(|pos| pos.find_partition(t, *p))
+                        .and_then(|e| e.offset().to_raw())
+                        .is_some_and(|o| o >= *high)
+            });
+            if caught_up || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Applies whatever the global tables' topics have new.
+    fn poll_globals(&mut self) {
+        let Some(consumer) = &self.global_consumer else {
+            return;
+        };
+        while let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+            let key = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            match m.payload() {
+                None => self.globals.apply(m.topic(), &key, None),
+                Some(bytes) => {
+                    match self
+                        .shared
+                        .serde
+                        .decode(m.topic(), m.partition(), m.offset(), bytes)
+                    {
+                        Ok(v) => self.globals.apply(m.topic(), &key, Some(v)),
+                        Err(e) => tracing::warn!(error = %e, "global table skipped a record"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), EngineError> {
+        if self.guarantee == Guarantee::ExactlyOnce && !self.in_txn {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka("beginning a transaction", ""))?;
+        }
+        self.in_txn = true;
+        Ok(())
+    }
+
+    fn process_input(&mut self, input: OwnedInput) -> Result<(), EngineError> {
+        let readers: Vec<Arc<ProcessorNode>> = self
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&input.topic))
+            .cloned()
+            .collect();
+        if readers
+            .iter()
+            .any(|n| !self.tasks.contains_key(&(n.name.clone(), input.partition)))
+        {
+            self.assigned.insert((input.topic.clone(), input.partition));
+            self.create_tasks()?;
+        }
+        self.begin()?;
+        let value = match &input.value {
+            None => Ok(Value::Null),
+            Some(bytes) => self.shared.runtime.block_on(self.shared.serde.decode_with(
+                &self.shared.registry,
+                &input.topic,
+                input.partition,
+                input.offset,
+                bytes,
+            )),
+        };
+        match value {
+            Err(e) if e.kind.is_retriable() => {
+                return Err(EngineError::Kafka {
+                    context: e.to_string(),
+                    error: KafkaError::Canceled,
+                    hint: " (the schema registry is unavailable; restart when it is back)",
+                });
+            }
+            Err(e) => {
+                for node in &readers {
+                    self.dead_letter(node, &input, e.kind.code(), &e.to_string())?;
+                }
+            }
+            Ok(value) => {
+                let record = Record {
+                    topic: input.topic.clone(),
+                    partition: input.partition,
+                    offset: input.offset,
+                    timestamp: input.timestamp,
+                    key: input.key.clone(),
+                    value,
+                    headers: input.headers.clone(),
+                };
+                for node in &readers {
+                    let key = (node.name.clone(), input.partition);
+                    if let Some(task) = self.tasks.get_mut(&key) {
+                        task.observe(input.timestamp);
+                    }
+                    match self.call(
+                        &node.name,
+                        input.partition,
+                        Hook::Process(&record),
+                        input.timestamp,
+                        Some(&input),
+                    ) {
+                        Ok(()) => {}
+                        Err(EngineError::Processor { error, .. })
+                            if !matches!(error, ProcessError::Fatal(_)) =>
+                        {
+                            self.dead_letter(node, &input, error.kind(), &error.to_string())?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    self.fire_stream_time(&node.name, input.partition)?;
+                }
+            }
+        }
+        self.offsets
+            .insert((input.topic.clone(), input.partition), input.offset + 1);
+        Ok(())
+    }
+
+    /// Runs a hook of a task; sends its outputs and changelog records.
+    fn call(
+        &mut self,
+        processor: &str,
+        partition: i32,
+        hook: Hook<'_>,
+        timestamp: i64,
+        input: Option<&OwnedInput>,
+    ) -> Result<(), EngineError> {
+        let Some(task) = self.tasks.get_mut(&(processor.to_string(), partition)) else {
+            return Ok(());
+        };
+        let outputs = task
+            .run(hook, &self.globals, &self.shared.serde, now_ms(), timestamp)
+            .map_err(|error| EngineError::Processor {
+                processor: processor.to_string(),
+                error,
+            })?;
+        let changelog = task.take_changelog();
+        if outputs.is_empty() && changelog.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        for (n, out) in outputs.into_iter().enumerate() {
+            let id = input.map(|i| format!("{}/{}/{}/{n}", i.topic, i.partition, i.offset));
+            self.send_output(out, id)?;
+        }
+        for record in changelog {
+            let base = BaseRecord::to(&record.topic)
+                .key(&record.key)
+                .partition(partition)
+                .timestamp(timestamp);
+            let base = match &record.value {
+                Some(v) => base.payload(v),
+                None => base,
+            };
+            send(&self.producer, base)?;
+        }
+        Ok(())
+    }
+
+    fn send_output(&self, out: Output, id: Option<String>) -> Result<(), EngineError> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        if self.guarantee == Guarantee::AtLeastOnce
+            && let Some(id) = &id
+        {
+            headers = headers.insert(Header {
+                key: ID_HEADER,
+                value: Some(id),
+            });
+        }
+        let base = BaseRecord::to(&out.topic)
+            .key(&out.key)
+            .timestamp(out.timestamp)
+            .headers(headers);
+        let base = match &out.value {
+            Some(v) => base.payload(v),
+            None => base,
+        };
+        send(&self.producer, base)
+    }
+
+    fn dead_letter(
+        &mut self,
+        node: &ProcessorNode,
+        input: &OwnedInput,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), EngineError> {
+        tracing::warn!(processor = %node.name, topic = %input.topic, partition = input.partition, offset = input.offset, kind, error = message, "dead letter");
+        self.begin()?;
+        let headers_list = DeadLetter {
+            processor: &node.name,
+            topic: &input.topic,
+            partition: input.partition,
+            offset: input.offset,
+            kind,
+            message,
+        }
+        .headers(&input.headers);
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &headers_list {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let base = BaseRecord::to(&node.dead_letter)
+            .key(&input.key)
+            .timestamp(input.timestamp)
+            .headers(headers);
+        let base = match &input.value {
+            Some(v) => base.payload(v),
+            None => base,
+        };
+        send(&self.producer, base)
+    }
+
+    fn fire_stream_time(&mut self, processor: &str, partition: i32) -> Result<(), EngineError> {
+        loop {
+            let Some(task) = self.tasks.get_mut(&(processor.to_string(), partition)) else {
+                return Ok(());
+            };
+            let now = task.stream_time();
+            let Some(timer) = task.pop_due(TimeDomain::StreamTime, now) else {
+                return Ok(());
+            };
+            self.punctuate(processor, partition, &timer)?;
+        }
+    }
+
+    fn fire_wall_clock(&mut self) -> Result<(), EngineError> {
+        let now = now_ms();
+        let due: Vec<(String, i32)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.next_due(TimeDomain::WallClock).is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (processor, partition) in due {
+            while let Some(timer) = self
+                .tasks
+                .get_mut(&(processor.clone(), partition))
+                .and_then(|t| t.pop_due(TimeDomain::WallClock, now))
+            {
+                self.punctuate(&processor, partition, &timer)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        processor: &str,
+        partition: i32,
+        timer: &crate::timer::Timer,
+    ) -> Result<(), EngineError> {
+        self.begin()?;
+        // Popping the timer changed the timer store: that too goes to the changelog.
+        match self.call(
+            processor,
+            partition,
+            Hook::Punctuate(timer),
+            timer.due,
+            None,
+        ) {
+            Err(EngineError::Processor { error, .. })
+                if !matches!(error, ProcessError::Fatal(_)) =>
+            {
+                tracing::warn!(processor, timer = %timer.name, key = %timer.key, error = %error, "timer handler failed");
+                self.flush_changelog(processor, partition)
+            }
+            Err(e) => Err(e),
+            Ok(()) => self.flush_changelog(processor, partition),
+        }
+    }
+
+    fn flush_changelog(&mut self, processor: &str, partition: i32) -> Result<(), EngineError> {
+        let Some(task) = self.tasks.get_mut(&(processor.to_string(), partition)) else {
+            return Ok(());
+        };
+        for record in task.take_changelog() {
+            let base = BaseRecord::to(&record.topic)
+                .key(&record.key)
+                .partition(partition);
+            let base = match &record.value {
+                Some(v) => base.payload(v),
+                None => base,
+            };
+            send(&self.producer, base)?;
+        }
+        Ok(())
+    }
+
+    /// Commits what has been processed: under exactly_once the offsets join the
+    /// transaction, which commits; under at_least_once every output is acknowledged
+    /// first, then the offsets are committed.
+    fn commit(&mut self) -> Result<(), EngineError> {
+        self.last_commit = Instant::now();
+        if !self.in_txn {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(kafka("listing offsets", ""))?;
+        }
+        match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                let metadata = self.consumer.group_metadata();
+                let result = match (&metadata, tpl.count()) {
+                    (_, 0) => Ok(()),
+                    (Some(metadata), _) => self.producer.send_offsets_to_transaction(
+                        &tpl,
+                        metadata,
+                        Duration::from_secs(30),
+                    ),
+                    (None, _) => {
+                        return Err(EngineError::Thread(
+                            "the consumer has no group metadata to commit offsets with".into(),
+                        ));
+                    }
+                }
+                .and_then(|()| self.producer.commit_transaction(Duration::from_secs(60)));
+                if let Err(e) = result {
+                    let abortable =
+                        matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
+                    if !abortable {
+                        return Err(kafka(
+                            "committing the transaction",
+                            " (the producer was fenced or the broker is gone: another instance may own this work now; restart this one)",
+                        )(e));
+                    }
+                    tracing::warn!(error = %e, "transaction aborted; rewinding to the last commit");
+                    self.abandon_open_work()?;
+                    self.rewind()?;
+                    return Ok(());
+                }
+            }
+            Guarantee::AtLeastOnce => {
+                self.producer.flush(Duration::from_secs(60)).map_err(kafka(
+                    "waiting for outputs to be acknowledged",
+                    CHECK_BROKER,
+                ))?;
+                if let Some(failed) = self
+                    .producer
+                    .context()
+                    .failed
+                    .lock()
+                    .ok()
+                    .and_then(|mut f| f.take())
+                {
+                    return Err(EngineError::Kafka {
+                        context: format!("an output was not acknowledged ({failed})"),
+                        error: KafkaError::Canceled,
+                        hint: " (restart the instance: it resumes from the last committed offsets)",
+                    });
+                }
+                if tpl.count() > 0 {
+                    self.consumer
+                        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                        .map_err(kafka("committing offsets", CHECK_BROKER))?;
+                }
+            }
+        }
+        self.offsets.clear();
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// Drops uncommitted work: aborts the open transaction under exactly_once.
+    fn abandon_open_work(&mut self) -> Result<(), EngineError> {
+        if self.guarantee == Guarantee::ExactlyOnce && self.in_txn {
+            self.producer
+                .abort_transaction(Duration::from_secs(60))
+                .map_err(kafka("aborting the transaction", CHECK_BROKER))?;
+        }
+        self.in_txn = false;
+        self.offsets.clear();
+        Ok(())
+    }
+
+    /// After an abort outside a rebalance: every task goes (its state is ahead of
+    /// what was committed), and the consumer goes back to the committed offsets.
+    fn rewind(&mut self) -> Result<(), EngineError> {
+        self.tasks.clear();
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(kafka("reading the assignment", CHECK_BROKER))?;
+        let committed = self
+            .consumer
+            .committed_offsets(assignment, Duration::from_secs(30))
+            .map_err(kafka("reading committed offsets", CHECK_BROKER))?;
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Invalid => Offset::Beginning,
+                o => o,
+            };
+            self.consumer
+                .seek(e.topic(), e.partition(), offset, Duration::from_secs(30))
+                .map_err(kafka("seeking back", CHECK_BROKER))?;
+        }
+        self.create_tasks()
+    }
+}
+
+fn send(
+    producer: &ThreadedProducer<Deliveries>,
+    mut record: BaseRecord<'_, String, Vec<u8>>,
+) -> Result<(), EngineError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(kafka("producing", CHECK_BROKER)(e)),
+        }
+    }
+}
+
+/// A consumed record, copied out of the consumer's buffer.
+struct OwnedInput {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    key: String,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl From<&BorrowedMessage<'_>> for OwnedInput {
+    fn from(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        OwnedInput {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis().unwrap_or_else(now_ms),
+            key: m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
