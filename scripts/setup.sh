@@ -32,3 +32,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
+
+# Python's confluent-kafka (SchemaRegistryClient, AvroSerializer): the third-party
+# client cli/tests/registry.rs checks the embedded schema registry with. Installed
+# for the python3 the tests run; a Debian python3 without pip gets it first, and
+# one that is externally managed (PEP 668) takes the package all the same.
+if ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; then
+  echo "setup: installing confluent-kafka[avro] for python3" >&2
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip
+  fi
+  python3 -m pip install --quiet "confluent-kafka[avro]" \
+    || python3 -m pip install --quiet --break-system-packages "confluent-kafka[avro]"
+fi

@@ -2,7 +2,8 @@
 //! the writer schema of a record from the id in its Confluent framing.
 //!
 //! Two backends behave the same: [`RegistryClient::embedded`] talks to a
-//! [`SchemaStore`] in this process, [`RegistryClient::remote`] to a Confluent-compatible
+//! [`SchemaStore`] in this process ([`RegistryClient::durable`]: to one kept in a
+//! [`SchemaLog`], a registration returning once it is in the log), [`RegistryClient::remote`] to a Confluent-compatible
 //! registry over HTTP through schema_registry_converter's async functions. Both cache
 //! in-process: a schema id is resolved at most once per client (concurrent callers
 //! asking for the same id wait on one fetch), and registering the same text under
@@ -23,6 +24,7 @@ use schema_registry_converter::schema_registry_common::{
 use tokio::sync::OnceCell;
 
 use super::error::RegistryError;
+use super::log::SchemaLog;
 use super::store::{NewSchema, SchemaStore, normalize_text, parse_avro};
 
 /// A schema the registry knows, parsed.
@@ -39,8 +41,8 @@ pub struct RegisteredSchema {
 /// Where schemas are registered and looked up.
 #[derive(Debug)]
 enum Backend {
-    /// A registry in this process.
-    Embedded(Arc<SchemaStore>),
+    /// A registry in this process, and the log its changes are kept in, if any.
+    Embedded(Arc<SchemaStore>, Option<Arc<SchemaLog>>),
     /// A Confluent-compatible registry over HTTP.
     Remote(SrSettings),
 }
@@ -60,7 +62,13 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client of the registry `store` in this process.
     pub fn embedded(store: Arc<SchemaStore>) -> RegistryClient {
-        RegistryClient::with_backend(Backend::Embedded(store))
+        RegistryClient::with_backend(Backend::Embedded(store, None))
+    }
+
+    /// A client of the registry kept in `log`, in this process: a registration
+    /// returns once it is in the log.
+    pub fn durable(log: Arc<SchemaLog>) -> RegistryClient {
+        RegistryClient::with_backend(Backend::Embedded(log.store().clone(), Some(log)))
     }
 
     /// A client of the registry at `url` (`http://host:8081`), with a 30 s timeout per
@@ -93,7 +101,7 @@ impl RegistryClient {
     /// The store behind an embedded client.
     pub fn store(&self) -> Option<&Arc<SchemaStore>> {
         match &self.backend {
-            Backend::Embedded(store) => Some(store),
+            Backend::Embedded(store, _) => Some(store),
             Backend::Remote(_) => None,
         }
     }
@@ -111,8 +119,11 @@ impl RegistryClient {
             return Ok(RegisteredSchema::clone(found));
         }
         let registered = match &self.backend {
-            Backend::Embedded(store) => {
+            Backend::Embedded(store, log) => {
                 let registration = store.register(subject, &NewSchema::avro(schema))?;
+                if let Some(log) = log {
+                    log.persisted().await?;
+                }
                 let stored = store.schema_by_id(registration.id)?;
                 RegisteredSchema {
                     id: registration.id,
@@ -164,7 +175,7 @@ impl RegistryClient {
     /// (always true for a subject without versions). Not cached.
     pub async fn is_compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
         match &self.backend {
-            Backend::Embedded(store) => Ok(store
+            Backend::Embedded(store, _) => Ok(store
                 .check_compatibility(subject, &NewSchema::avro(schema), None)?
                 .is_empty()),
             Backend::Remote(settings) => {
@@ -184,7 +195,7 @@ impl RegistryClient {
 
     async fn fetch(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
         match &self.backend {
-            Backend::Embedded(store) => {
+            Backend::Embedded(store, _) => {
                 let stored = store.schema_by_id(id)?;
                 Ok(Arc::new(RegisteredSchema {
                     id,

@@ -12,6 +12,10 @@
 //! parameter names and boolean values are matched in any case (`?normalize=TRUE`).
 //! `normalize` is accepted and has no further effect: schemas are always compared in
 //! a normalized form (see [`super::store`]).
+//!
+//! The routes serve a [`Registry`]: a store alone (in memory only, as in-process
+//! tests serve it) or a [`SchemaLog`] (durable in Kafka). Every route that changes
+//! something waits, before it answers OK, until the change is in the log.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::RegistryError;
+use super::log::SchemaLog;
 use super::store::{
     CompatibilityLevel, NewSchema, SchemaReference, SchemaStore, SchemaVersion, VersionSpec,
 };
@@ -40,8 +45,48 @@ pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// The largest request body accepted (schemas of large topologies can be big).
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
-/// The registry's routes over `store`.
-pub fn app(store: Arc<SchemaStore>) -> Router {
+/// What the routes serve: a store, and the log its changes must reach before a
+/// change is answered OK (none for a registry in memory only). Made from an
+/// `Arc<SchemaStore>` or an `Arc<SchemaLog>`.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<SchemaStore>,
+    log: Option<Arc<SchemaLog>>,
+}
+
+impl Registry {
+    /// The store served.
+    pub fn store(&self) -> &Arc<SchemaStore> {
+        &self.store
+    }
+
+    /// Waits until the changes made so far are durable (at once without a log).
+    async fn persisted(&self) -> Result<(), RegistryError> {
+        match &self.log {
+            Some(log) => log.persisted().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<Arc<SchemaStore>> for Registry {
+    fn from(store: Arc<SchemaStore>) -> Registry {
+        Registry { store, log: None }
+    }
+}
+
+impl From<Arc<SchemaLog>> for Registry {
+    fn from(log: Arc<SchemaLog>) -> Registry {
+        Registry {
+            store: log.store().clone(),
+            log: Some(log),
+        }
+    }
+}
+
+/// The registry's routes over `registry` (an `Arc<SchemaStore>` or an
+/// `Arc<SchemaLog>`).
+pub fn app(registry: impl Into<Registry>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/schemas/types", get(schema_types))
@@ -87,26 +132,27 @@ pub fn app(store: Arc<SchemaStore>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(store)
+        .with_state(registry.into())
 }
 
 /// Serves [`app`] on `listener` until `shutdown` resolves, then finishes the requests
 /// in flight and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Arc<SchemaStore>,
+    registry: impl Into<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = app(registry);
     let address = listener.local_addr()?;
     tracing::info!(%address, "schema registry listening");
-    axum::serve(listener, app(store))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!(%address, "schema registry stopped");
     Ok(())
 }
 
-type Store = State<Arc<SchemaStore>>;
+type Store = State<Registry>;
 type Reply = Result<Response, ApiError>;
 
 /// A JSON response with the registry's content type.
@@ -316,7 +362,10 @@ async fn schema_types() -> Reply {
 
 /// `GET /schemas/ids/{id}`: `{"schema": "..."}`; `schemaType` is left out for AVRO,
 /// as Confluent does. `?subject=`, `?deleted=`, `?format=` are accepted and ignored.
-async fn schema_by_id(State(store): Store, PathParams(id): PathParams<String>) -> Reply {
+async fn schema_by_id(
+    State(Registry { store, .. }): Store,
+    PathParams(id): PathParams<String>,
+) -> Reply {
     let stored = store.schema_by_id(parse_id(&id)?)?;
     let mut body = json!({"schema": stored.text});
     if !stored.references.is_empty() {
@@ -325,13 +374,16 @@ async fn schema_by_id(State(store): Store, PathParams(id): PathParams<String>) -
     ok(&body)
 }
 
-async fn raw_schema_by_id(State(store): Store, PathParams(id): PathParams<String>) -> Reply {
+async fn raw_schema_by_id(
+    State(Registry { store, .. }): Store,
+    PathParams(id): PathParams<String>,
+) -> Reply {
     let stored = store.schema_by_id(parse_id(&id)?)?;
     Ok(with_content_type(StatusCode::OK, stored.text.clone()))
 }
 
 async fn id_subjects(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams(id): PathParams<String>,
     params: Params,
 ) -> Reply {
@@ -345,7 +397,7 @@ async fn id_subjects(
 }
 
 async fn id_versions(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams(id): PathParams<String>,
     params: Params,
 ) -> Reply {
@@ -357,7 +409,7 @@ async fn id_versions(
     ok(&usages)
 }
 
-async fn list_subjects(State(store): Store, params: Params) -> Reply {
+async fn list_subjects(State(Registry { store, .. }): Store, params: Params) -> Reply {
     let prefix = params.get("subjectprefix").unwrap_or("");
     let subjects: Vec<String> = store
         .subjects(params.flag("deleted"))
@@ -368,7 +420,7 @@ async fn list_subjects(State(store): Store, params: Params) -> Reply {
 }
 
 async fn list_versions(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams(subject): PathParams<String>,
     params: Params,
 ) -> Reply {
@@ -376,17 +428,19 @@ async fn list_versions(
 }
 
 async fn register(
-    State(store): Store,
+    State(registry): Store,
     PathParams(subject): PathParams<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let schema = json_body::<SchemaBody>(body)?.into_new_schema()?;
-    let registration = store.register(&subject, &schema)?;
+    let registration = registry.store.register(&subject, &schema)?;
+    // Also when nothing changed: the registration found may still be on its way.
+    registry.persisted().await?;
     ok(&json!({"id": registration.id}))
 }
 
 async fn lookup(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams(subject): PathParams<String>,
     params: Params,
     body: Result<Bytes, BytesRejection>,
@@ -397,15 +451,19 @@ async fn lookup(
 }
 
 async fn delete_subject(
-    State(store): Store,
+    State(registry): Store,
     PathParams(subject): PathParams<String>,
     params: Params,
 ) -> Reply {
-    ok(&store.delete_subject(&subject, params.flag("permanent"))?)
+    let deleted = registry
+        .store
+        .delete_subject(&subject, params.flag("permanent"))?;
+    registry.persisted().await?;
+    ok(&deleted)
 }
 
 async fn get_version(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams((subject, version)): PathParams<(String, String)>,
     params: Params,
 ) -> Reply {
@@ -414,7 +472,7 @@ async fn get_version(
 }
 
 async fn get_version_schema(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams((subject, version)): PathParams<(String, String)>,
     params: Params,
 ) -> Reply {
@@ -423,18 +481,24 @@ async fn get_version_schema(
 }
 
 async fn referenced_by(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams((subject, version)): PathParams<(String, String)>,
 ) -> Reply {
     ok(&store.referenced_by(&subject, parse_version(&version)?)?)
 }
 
 async fn delete_version(
-    State(store): Store,
+    State(registry): Store,
     PathParams((subject, version)): PathParams<(String, String)>,
     params: Params,
 ) -> Reply {
-    ok(&store.delete_version(&subject, parse_version(&version)?, params.flag("permanent"))?)
+    let deleted = registry.store.delete_version(
+        &subject,
+        parse_version(&version)?,
+        params.flag("permanent"),
+    )?;
+    registry.persisted().await?;
+    ok(&deleted)
 }
 
 fn compatibility_reply(messages: Vec<String>, verbose: bool) -> Reply {
@@ -446,7 +510,7 @@ fn compatibility_reply(messages: Vec<String>, verbose: bool) -> Reply {
 }
 
 async fn check_against_version(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams((subject, version)): PathParams<(String, String)>,
     params: Params,
     body: Result<Bytes, BytesRejection>,
@@ -458,7 +522,7 @@ async fn check_against_version(
 }
 
 async fn check_against_level(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams(subject): PathParams<String>,
     params: Params,
     body: Result<Bytes, BytesRejection>,
@@ -488,21 +552,22 @@ impl ConfigBody {
     }
 }
 
-async fn get_global_config(State(store): Store) -> Reply {
+async fn get_global_config(State(Registry { store, .. }): Store) -> Reply {
     let level = store.compatibility_level(None).unwrap_or_default();
     ok(&json!({"compatibilityLevel": level}))
 }
 
-async fn put_global_config(State(store): Store, body: Result<Bytes, BytesRejection>) -> Reply {
+async fn put_global_config(State(registry): Store, body: Result<Bytes, BytesRejection>) -> Reply {
     let level = json_body::<ConfigBody>(body)?.level()?;
-    store.set_compatibility_level(None, level);
+    registry.store.set_compatibility_level(None, level);
+    registry.persisted().await?;
     ok(&json!({"compatibility": level}))
 }
 
 /// `GET /config/{s}`: the subject's own level; 40408 when it has none, unless
 /// `?defaultToGlobal=true` (Confluent's behaviour since 5.5).
 async fn get_subject_config(
-    State(store): Store,
+    State(Registry { store, .. }): Store,
     PathParams(subject): PathParams<String>,
     params: Params,
 ) -> Reply {
@@ -515,20 +580,24 @@ async fn get_subject_config(
 }
 
 async fn put_subject_config(
-    State(store): Store,
+    State(registry): Store,
     PathParams(subject): PathParams<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let level = json_body::<ConfigBody>(body)?.level()?;
-    store.set_compatibility_level(Some(&subject), level);
+    registry
+        .store
+        .set_compatibility_level(Some(&subject), level);
+    registry.persisted().await?;
     ok(&json!({"compatibility": level}))
 }
 
 async fn delete_subject_config(
-    State(store): Store,
+    State(registry): Store,
     PathParams(subject): PathParams<String>,
 ) -> Reply {
-    let previous = store.clear_compatibility_level(&subject)?;
+    let previous = registry.store.clear_compatibility_level(&subject)?;
+    registry.persisted().await?;
     ok(&json!({"compatibilityLevel": previous}))
 }
 
