@@ -18,6 +18,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run processors of topology.yaml against a real Kafka cluster
+    /// (KAFKA_BROKERS) and schema registry (SCHEMA_REGISTRY_URL) until Ctrl-C.
+    Run {
+        /// The topology file.
+        #[arg(
+            long,
+            short,
+            default_value = "topology.yaml",
+            env = "ORDERFLOW_TOPOLOGY"
+        )]
+        file: PathBuf,
+        /// A processor to run (repeat for several); all of them when absent.
+        #[arg(long = "processor")]
+        processors: Vec<String>,
+        /// The Kafka cluster.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// The schema registry (Confluent-compatible).
+        #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+        registry: String,
+    },
     /// Run the managed single-node Apache Kafka (KRaft) in the foreground: fetched
     /// and cached on first use, its data under --data, stopped cleanly on Ctrl-C.
     Broker {
@@ -27,6 +48,20 @@ enum Command {
         /// The client listener; port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:9092")]
         listen: std::net::SocketAddr,
+    },
+    /// Run the embedded schema registry alone (the Confluent REST subset), its
+    /// schemas kept in a compacted topic of the cluster named by KAFKA_BROKERS and
+    /// restored from it at start; stopped cleanly on Ctrl-C or SIGTERM.
+    Registry {
+        /// The HTTP listener; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// The compacted topic the schemas are kept in (one registry per topic).
+        #[arg(long, default_value = orderflow_runtime::registry::log::DEFAULT_TOPIC)]
+        topic: String,
+        /// The replication factor the topic is created with when missing.
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
     },
     /// Validate or describe topology.yaml.
     Topology {
@@ -75,7 +110,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Topology { command } => topology_command(command),
+        Command::Run {
+            file,
+            processors,
+            brokers,
+            registry,
+        } => run_command(file, processors, brokers, registry),
         Command::Broker { data, listen } => broker_command(data, listen),
+        Command::Registry {
+            listen,
+            topic,
+            replication_factor,
+        } => registry_command(listen, topic, replication_factor),
     }
 }
 
@@ -190,5 +236,142 @@ fn broker_command(data: PathBuf, listen: std::net::SocketAddr) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+fn registry_command(
+    listen: std::net::SocketAddr,
+    topic: String,
+    replication_factor: i32,
+) -> ExitCode {
+    use orderflow_runtime::registry::{SchemaLog, SchemaLogConfig, http};
+    let brokers = match std::env::var("KAFKA_BROKERS") {
+        Ok(brokers) if !brokers.trim().is_empty() => brokers,
+        _ => {
+            eprintln!(
+                "orderflow registry: KAFKA_BROKERS is not set: name the Kafka cluster that keeps the schemas, e.g. KAFKA_BROKERS=127.0.0.1:9092 (the `kafka:` line of `orderflow broker`)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow registry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome: anyhow::Result<()> = runtime.block_on(async move {
+        use anyhow::Context as _;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        let config = SchemaLogConfig::new(brokers)
+            .with_topic(topic)
+            .with_replication_factor(replication_factor);
+        let log = std::sync::Arc::new(SchemaLog::open(config).await?);
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "schema-registry: http://{address}").and_then(|()| stdout.flush())?;
+        drop(stdout);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let stop = async move {
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
+            }
+        };
+        tokio::select! {
+            served = http::serve(listener, log.clone(), stop) => served?,
+            // The store is ahead of the topic: stop, a restart reads the truth back.
+            error = log.failed() => return Err(error.into()),
+        }
+        log.persisted().await?;
+        Ok(())
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow registry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(
+    file: PathBuf,
+    processors: Vec<String>,
+    brokers: String,
+    registry: String,
+) -> ExitCode {
+    use orderflow_runtime::engine::{self, EngineConfig};
+    use orderflow_runtime::registry::RegistryClient;
+    let catalog = orderflow_pipelines::catalog();
+    let topology = match topology::load(&file, &catalog) {
+        Ok(t) => std::sync::Arc::new(t),
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let registry = match RegistryClient::remote(&registry) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("orderflow run: schema registry {registry}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = EngineConfig::new(brokers);
+    config.processors = processors;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(engine::run(
+        topology,
+        catalog,
+        registry,
+        config,
+        shutdown_signal(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow run: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
     }
 }
