@@ -57,7 +57,10 @@ pub struct EngineConfig {
     pub bootstrap: String,
     /// The processors to run; empty runs all of them.
     pub processors: Vec<String>,
-    /// Names this instance in transactional ids; default random per start.
+    /// Names this instance in transactional ids; default random per start. Give a
+    /// restarted instance the id it had (`ORDERFLOW_INSTANCE_ID`) and its first
+    /// transaction fences and aborts the one its crashed predecessor left open at
+    /// once, instead of after `transaction.timeout.ms`.
     pub instance_id: String,
     /// Extra librdkafka settings for every client (for example
     /// `session.timeout.ms`).
@@ -71,10 +74,14 @@ impl EngineConfig {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        let instance_id = std::env::var("ORDERFLOW_INSTANCE_ID")
+            .ok()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| format!("{:x}-{nanos:x}", std::process::id()));
         EngineConfig {
             bootstrap: bootstrap.into(),
             processors: Vec::new(),
-            instance_id: format!("{:x}-{nanos:x}", std::process::id()),
+            instance_id,
             client_overrides: BTreeMap::new(),
         }
     }
@@ -299,7 +306,30 @@ pub async fn ensure_topics(topology: &Topology, config: &EngineConfig) -> Result
             });
         }
     }
-    Ok(())
+    // A created topic serves once each partition has a leader; wait for that so
+    // the first restore or produce does not meet "not leader".
+    let names: BTreeSet<&str> = missing.iter().map(|t| t.name.as_str()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .filter(|t| names.contains(t.name()))
+                    .filter(|t| {
+                        !t.partitions().is_empty() && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                    .count()
+                    == names.len()
+            })
+            .unwrap_or(false);
+        if ready || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What every stream thread shares.
@@ -383,6 +413,10 @@ struct StreamThread {
     assigned: BTreeSet<(String, i32)>,
     /// Next offset to commit, by input (topic, partition).
     offsets: BTreeMap<(String, i32), i64>,
+    /// at_least_once: the next offset each task's state reflects, by
+    /// (processor, partition), per input topic; restored from the marks in its
+    /// changelogs, written there at every commit.
+    applied: BTreeMap<(String, i32), BTreeMap<String, i64>>,
     in_txn: bool,
     last_commit: Instant,
     commit_interval: Duration,
@@ -428,7 +462,10 @@ impl StreamThread {
                     "transactional.id",
                     format!("{app}-{}-{guarantee}", config.instance_id),
                 )
-                .set("transaction.timeout.ms", "60000");
+                // As Kafka Streams: a short timeout, so the broker aborts a crashed
+                // instance's open transaction (which holds back read_committed
+                // readers) within seconds when no restart fences it sooner.
+                .set("transaction.timeout.ms", "10000");
         }
         let producer: ThreadedProducer<Deliveries> = producer_config
             .create_with_context(Deliveries::default())
@@ -457,6 +494,7 @@ impl StreamThread {
             tasks: BTreeMap::new(),
             assigned: BTreeSet::new(),
             offsets: BTreeMap::new(),
+            applied: BTreeMap::new(),
             in_txn: false,
             last_commit: Instant::now(),
             commit_interval,
@@ -523,6 +561,7 @@ impl StreamThread {
                     self.abandon_open_work()?;
                     self.tasks.clear();
                     self.assigned.clear();
+                    self.applied.clear();
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(partitions = partitions.len(), "partitions assigned");
@@ -552,7 +591,13 @@ impl StreamThread {
         }
         for (node, partition) in todo {
             let started = Instant::now();
-            let changelog = self.read_changelogs(&node, partition)?;
+            let mut changelog = self.read_changelogs(&node, partition)?;
+            if self.guarantee == Guarantee::AtLeastOnce {
+                let applied = trim_to_marks(&mut changelog);
+                self.applied.insert((node.name.clone(), partition), applied);
+            } else {
+                changelog.retain(|(_, key, _)| !key.starts_with(MARK_KEY));
+            }
             let restored = changelog.len();
             let build =
                 self.shared
@@ -624,12 +669,10 @@ impl StreamThread {
             .create()
             .map_err(kafka("creating the restore consumer", CHECK_BROKER))?;
         for (store, topic) in logs {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, Duration::from_secs(30))
-                .map_err(kafka(
-                    format!("reading the end of {topic}[{partition}]"),
-                    CHECK_BROKER,
-                ))?;
+            let (low, high) = watermarks(&consumer, &topic, partition).map_err(kafka(
+                format!("reading the end of {topic}[{partition}]"),
+                CHECK_BROKER,
+            ))?;
             if high <= low {
                 continue;
             }
@@ -690,12 +733,10 @@ impl StreamThread {
             for p in 0..partitions as i32 {
                 tpl.add_partition_offset(topic, p, Offset::Beginning)
                     .map_err(kafka("assigning a global table", ""))?;
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(30))
-                    .map_err(kafka(
-                        format!("reading the end of {topic}[{p}]"),
-                        CHECK_BROKER,
-                    ))?;
+                let (_, high) = watermarks(&consumer, topic, p).map_err(kafka(
+                    format!("reading the end of {topic}[{p}]"),
+                    CHECK_BROKER,
+                ))?;
                 ends.push((topic.clone(), p, high));
             }
         }
@@ -813,6 +854,18 @@ impl StreamThread {
                 };
                 for node in &readers {
                     let key = (node.name.clone(), input.partition);
+                    if self.guarantee == Guarantee::AtLeastOnce {
+                        let marks = self.applied.entry(key.clone()).or_default();
+                        if marks
+                            .get(&input.topic)
+                            .is_some_and(|next| input.offset < *next)
+                        {
+                            // A replay of a record whose effects the restored state
+                            // already holds (and whose outputs went out before it).
+                            continue;
+                        }
+                        marks.insert(input.topic.clone(), input.offset + 1);
+                    }
                     if let Some(task) = self.tasks.get_mut(&key) {
                         task.observe(input.timestamp);
                     }
@@ -1066,10 +1119,13 @@ impl StreamThread {
                 }
             }
             Guarantee::AtLeastOnce => {
-                self.producer.flush(Duration::from_secs(60)).map_err(kafka(
-                    "waiting for outputs to be acknowledged",
-                    CHECK_BROKER,
-                ))?;
+                wait_for_deliveries(&self.producer, Duration::from_secs(60)).map_err(
+                    |pending| EngineError::Kafka {
+                        context: format!("{pending} outputs were not acknowledged within 60 s"),
+                        error: KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut),
+                        hint: CHECK_BROKER,
+                    },
+                )?;
                 if let Some(failed) = self
                     .producer
                     .context()
@@ -1084,6 +1140,7 @@ impl StreamThread {
                         hint: " (restart the instance: it resumes from the last committed offsets)",
                     });
                 }
+                self.write_marks()?;
                 if tpl.count() > 0 {
                     self.consumer
                         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
@@ -1093,6 +1150,44 @@ impl StreamThread {
         }
         self.offsets.clear();
         self.in_txn = false;
+        Ok(())
+    }
+
+    /// at_least_once: after every output and changelog record of the period is
+    /// acknowledged, each task's changelogs get a mark naming the input offsets its
+    /// state now reflects; a restore stops at the last mark and a replay skips what it
+    /// covers, so a record's effects are applied once even when it is read twice.
+    fn write_marks(&mut self) -> Result<(), EngineError> {
+        let mut sent = false;
+        for ((processor, partition), task) in &self.tasks {
+            let Some(marks) = self.applied.get(&(processor.clone(), *partition)) else {
+                continue;
+            };
+            if marks.is_empty() {
+                continue;
+            }
+            let value =
+                serde_json::to_vec(marks).map_err(|e| EngineError::Thread(e.to_string()))?;
+            for topic in task.changelog_topics() {
+                send(
+                    &self.producer,
+                    BaseRecord::to(topic)
+                        .key(&MARK_KEY.to_string())
+                        .partition(*partition)
+                        .payload(&value),
+                )?;
+                sent = true;
+            }
+        }
+        if sent {
+            wait_for_deliveries(&self.producer, Duration::from_secs(60)).map_err(|pending| {
+                EngineError::Kafka {
+                    context: format!("{pending} changelog marks were not acknowledged within 60 s"),
+                    error: KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut),
+                    hint: CHECK_BROKER,
+                }
+            })?;
+        }
         Ok(())
     }
 
@@ -1130,6 +1225,105 @@ impl StreamThread {
                 .map_err(kafka("seeking back", CHECK_BROKER))?;
         }
         self.create_tasks()
+    }
+}
+
+/// The changelog key of an at_least_once mark (NUL-prefixed: no store key of a
+/// processor starts so, and restores never hand it to a store).
+const MARK_KEY: &str = "\u{0}orderflow.applied";
+
+/// Cuts each store's restored records at its last mark (what comes after is an
+/// interrupted commit whose inputs will be replayed) and returns the input offsets
+/// the trimmed state reflects: the smallest over the stores, so no store skips a
+/// record another one still needs. Marks are dropped from the entries.
+fn trim_to_marks(entries: &mut Vec<RestoredEntry>) -> BTreeMap<String, i64> {
+    let mut last_mark: BTreeMap<String, (usize, BTreeMap<String, i64>)> = BTreeMap::new();
+    for (i, (store, key, value)) in entries.iter().enumerate() {
+        if key == MARK_KEY
+            && let Some(marks) = value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<BTreeMap<String, i64>>(v).ok())
+        {
+            last_mark.insert(store.clone(), (i, marks));
+        }
+    }
+    let mut applied: Option<BTreeMap<String, i64>> = None;
+    for (_, marks) in last_mark.values() {
+        applied = Some(match applied {
+            None => marks.clone(),
+            Some(mut a) => {
+                a.retain(|topic, _| marks.contains_key(topic));
+                for (topic, next) in marks {
+                    if let Some(v) = a.get_mut(topic) {
+                        *v = (*v).min(*next);
+                    }
+                }
+                a
+            }
+        });
+    }
+    let mut index = 0;
+    entries.retain(|(store, key, _)| {
+        let i = index;
+        index += 1;
+        key != MARK_KEY && last_mark.get(store).is_some_and(|(at, _)| i < *at)
+    });
+    applied.unwrap_or_default()
+}
+
+/// A partition's low and high watermarks, retrying for a while the errors of a topic
+/// whose leader is not known yet (just created, or moving).
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() < deadline && is_transient(&e) => {
+                tracing::debug!(error = %e, topic, partition, "retrying watermarks");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Errors that pass once partition leadership settles.
+fn is_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+        )
+    )
+}
+
+/// Waits until every produced record is acknowledged (or failed). Not rdkafka's
+/// `flush`: with a threaded producer its own poll competes with the polling thread
+/// for the delivery reports, and each flush then sleeps out its 100 ms poll.
+fn wait_for_deliveries(
+    producer: &ThreadedProducer<Deliveries>,
+    timeout: Duration,
+) -> Result<(), i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pending = producer.in_flight_count();
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(pending);
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

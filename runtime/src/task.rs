@@ -117,6 +117,11 @@ impl Task {
         self.state.partition
     }
 
+    /// The changelog topics of the task's stores.
+    pub fn changelog_topics(&self) -> impl Iterator<Item = &str> {
+        self.changelogs.values().map(String::as_str)
+    }
+
     /// The task's stream time.
     pub fn stream_time(&self) -> i64 {
         self.state.stream_time

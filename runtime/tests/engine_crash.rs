@@ -3,7 +3,8 @@
 //! killed with `kill -9` three times and started again. A read_committed reader of
 //! the output must see every user's counts exactly once each, in order, ending at the
 //! number of that user's inputs: no effect lost, none applied twice, nothing from an
-//! aborted transaction or a fenced zombie.
+//! aborted transaction or a fenced zombie. Under at_least_once the same holds once
+//! repeated outputs are dropped by their id header.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,6 +23,7 @@ use orderflow_runtime::topology::load;
 use orderflow_runtime::wire::TopicSerde;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const USERS: usize = 200;
@@ -33,8 +35,9 @@ fn counter_app() -> PathBuf {
     debug.join("examples/counter_app")
 }
 
-fn spawn(file: &PathBuf, registry: &str) -> Child {
+fn spawn(file: &PathBuf, registry: &str, instance: &str) -> Child {
     Command::new(counter_app())
+        .env("ORDERFLOW_INSTANCE_ID", instance)
         .arg(file)
         .arg(registry)
         .env("KAFKA_BROKERS", bootstrap())
@@ -46,7 +49,70 @@ fn spawn(file: &PathBuf, registry: &str) -> Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_a_load_loses_nothing_and_doubles_nothing() {
+async fn exactly_once_under_kill_9() {
+    let outputs = crashing_run("exactly_once").await;
+    let expected = (RECORDS / USERS) as i64;
+    let want: Vec<i64> = (1..=expected).collect();
+    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for o in &outputs {
+        seen.entry(o.user.clone()).or_default().push(o.count);
+    }
+    assert_eq!(seen.len(), USERS, "every user's counts arrive");
+    for (user, sequence) in &seen {
+        assert_eq!(
+            sequence, &want,
+            "{user}: each input counted exactly once, in order"
+        );
+    }
+}
+
+/// at_least_once: outputs may repeat, but a repeat carries the id header of its first
+/// copy, so dropping repeats by id leaves each count exactly once; and the store's
+/// counts are exact (a replayed record does not change state twice), so no count
+/// is skipped or reached by two different inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_under_kill_9() {
+    let outputs = crashing_run("at_least_once").await;
+    let expected = (RECORDS / USERS) as i64;
+    let want: Vec<i64> = (1..=expected).collect();
+    let mut by_id: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for o in &outputs {
+        let id =
+            o.id.clone()
+                .expect("every at_least_once output has an id header");
+        match by_id.get(&id) {
+            Some(first) => assert_eq!(
+                first,
+                &(o.user.clone(), o.count),
+                "a repeat of {id} differs from its first copy"
+            ),
+            None => {
+                by_id.insert(id, (o.user.clone(), o.count));
+                seen.entry(o.user.clone()).or_default().push(o.count);
+            }
+        }
+    }
+    assert_eq!(seen.len(), USERS, "every user's counts arrive");
+    for (user, sequence) in &mut seen {
+        sequence.sort_unstable();
+        assert_eq!(
+            sequence, &want,
+            "{user}: after dropping repeats, each count once"
+        );
+    }
+}
+
+/// One output record as the auditor read it.
+struct Seen {
+    user: String,
+    count: i64,
+    id: Option<String>,
+}
+
+/// Runs the counting app as two processes under `processing` while 20,000 records
+/// arrive and one process is killed three times; returns every output, in order.
+async fn crashing_run(processing: &str) -> Vec<Seen> {
     // A registry over HTTP that the instances and this test share.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry_url = format!("http://{}", listener.local_addr().unwrap());
@@ -80,7 +146,7 @@ processors:
     inputs: [{clicks}]
     outputs: [{counts}]
     stores: [counts]
-    processing: exactly_once
+    processing: {processing}
     timers:
       idle: {{ domain: wall_clock, after: 1h }}
       session: {{ domain: stream_time, after: 1h }}
@@ -99,45 +165,58 @@ processors:
     .unwrap();
     let serde = TopicSerde::register(&topology, &registry).await.unwrap();
 
-    let mut stable = spawn(&file, &registry_url);
-    let mut victim = spawn(&file, &registry_url);
+    let mut stable = spawn(&file, &registry_url, "stable");
+    let mut victim = spawn(&file, &registry_url, "victim");
 
-    let producer: FutureProducer = client()
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let quarter = RECORDS / 4;
-    for batch in 0..4 {
-        let mut pending = Vec::with_capacity(quarter);
-        for i in batch * quarter..(batch + 1) * quarter {
-            let user = format!("user{}", i % USERS);
-            let bytes = serde
-                .encode(
-                    &clicks,
-                    &Click {
-                        user: user.clone(),
-                        page: "/".into(),
-                    },
-                )
+    // The load runs in the background at about 2,000 records/s while the victim is
+    // killed three times, so every kill lands mid-flight (open transactions,
+    // uncommitted offsets, unflushed changelogs).
+    let load = {
+        let (clicks, serde_topic) = (clicks.clone(), clicks.clone());
+        let serde = TopicSerde::new(
+            [(serde_topic, serde.topic(&clicks).unwrap().clone())]
+                .into_iter()
+                .collect(),
+        );
+        tokio::spawn(async move {
+            let producer: FutureProducer = client()
+                .set("partitioner", "murmur2_random")
+                .set("linger.ms", "5")
+                .create()
                 .unwrap();
-            pending.push(
-                producer
-                    .send_result(FutureRecord::to(&clicks).key(&user).payload(&bytes))
-                    .unwrap(),
-            );
-        }
-        for p in pending {
-            p.await.unwrap().unwrap();
-        }
-        if batch < 3 {
-            // Let the instances get into the batch, then kill one mid-flight.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            victim.kill().unwrap(); // SIGKILL
-            victim.wait().unwrap();
-            victim = spawn(&file, &registry_url);
-        }
+            for chunk in 0..RECORDS / 100 {
+                let mut pending = Vec::with_capacity(100);
+                for i in chunk * 100..(chunk + 1) * 100 {
+                    let user = format!("user{}", i % USERS);
+                    let bytes = serde
+                        .encode(
+                            &clicks,
+                            &Click {
+                                user: user.clone(),
+                                page: "/".into(),
+                            },
+                        )
+                        .unwrap();
+                    pending.push(
+                        producer
+                            .send_result(FutureRecord::to(&clicks).key(&user).payload(&bytes))
+                            .unwrap(),
+                    );
+                }
+                for p in pending {
+                    p.await.unwrap().unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+        victim = spawn(&file, &registry_url, "victim");
     }
+    load.await.unwrap();
 
     // The auditor.
     let consumer: StreamConsumer = client()
@@ -148,29 +227,39 @@ processors:
         .unwrap();
     consumer.subscribe(&[counts.as_str()]).unwrap();
     let expected = (RECORDS / USERS) as i64;
-    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut outputs: Vec<Seen> = Vec::new();
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    let done = |seen: &BTreeMap<String, Vec<i64>>| {
-        seen.len() == USERS && seen.values().all(|v| v.last() == Some(&expected))
-    };
-    while !done(&seen) && tokio::time::Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            let count: Count = serde
-                .decode_as(&counts, m.partition(), m.offset(), m.payload().unwrap())
-                .unwrap();
-            seen.entry(count.user.clone())
-                .or_default()
-                .push(count.count);
-        }
-    }
-    // Anything still arriving after the last expected count would be a duplicate.
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+    let read = |m: &rdkafka::message::BorrowedMessage<'_>| {
         let count: Count = serde
             .decode_as(&counts, m.partition(), m.offset(), m.payload().unwrap())
             .unwrap();
-        seen.entry(count.user.clone())
-            .or_default()
-            .push(count.count);
+        let id = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == orderflow_runtime::engine::ID_HEADER)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        Seen {
+            user: count.user,
+            count: count.count,
+            id,
+        }
+    };
+    while !(last.len() == USERS && last.values().all(|c| *c == expected))
+        && tokio::time::Instant::now() < deadline
+    {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            let seen = read(&m);
+            let top = last.entry(seen.user.clone()).or_default();
+            *top = (*top).max(seen.count);
+            outputs.push(seen);
+        }
+    }
+    // Anything still arriving after the last expected count is read too: a
+    // duplicate must not hide behind the auditor stopping early.
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        outputs.push(read(&m));
     }
     for child in [&mut stable, &mut victim] {
         let _ = Command::new("kill")
@@ -180,14 +269,6 @@ processors:
     for child in [&mut stable, &mut victim] {
         let _ = child.wait();
     }
-
-    assert_eq!(seen.len(), USERS, "every user's counts arrive");
-    let want: Vec<i64> = (1..=expected).collect();
-    for (user, sequence) in &seen {
-        assert_eq!(
-            sequence, &want,
-            "{user}: each input counted exactly once, in order"
-        );
-    }
     let _ = std::fs::remove_dir_all(&dir);
+    outputs
 }
