@@ -38,6 +38,9 @@ enum Command {
         /// The schema registry (Confluent-compatible).
         #[arg(long, env = "SCHEMA_REGISTRY_URL")]
         registry: String,
+        /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one).
+        #[arg(long, env = "ORDERFLOW_METRICS")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run the managed single-node Apache Kafka (KRaft) in the foreground: fetched
     /// and cached on first use, its data under --data, stopped cleanly on Ctrl-C.
@@ -115,7 +118,8 @@ fn main() -> ExitCode {
             processors,
             brokers,
             registry,
-        } => run_command(file, processors, brokers, registry),
+            metrics,
+        } => run_command(file, processors, brokers, registry, metrics),
         Command::Broker { data, listen } => broker_command(data, listen),
         Command::Registry {
             listen,
@@ -316,6 +320,7 @@ fn run_command(
     processors: Vec<String>,
     brokers: String,
     registry: String,
+    metrics: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     use orderflow_runtime::engine::{self, EngineConfig};
     use orderflow_runtime::registry::RegistryClient;
@@ -343,13 +348,30 @@ fn run_command(
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(engine::run(
-        topology,
-        catalog,
-        registry,
-        config,
-        shutdown_signal(),
-    ));
+    let result = runtime.block_on(async {
+        if let Some(addr) = metrics {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    return Err(format!("cannot listen on {addr} for metrics: {e}"));
+                }
+            };
+            if let Ok(bound) = listener.local_addr() {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "metrics: http://{bound}/metrics")
+                    .and_then(|()| stdout.flush());
+            }
+            let registry = config.metrics.clone();
+            tokio::spawn(orderflow_runtime::metrics::serve(
+                listener,
+                registry,
+                std::future::pending(),
+            ));
+        }
+        engine::run(topology, catalog, registry, config, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -54,17 +54,29 @@ async fn run_answers_a_registration_and_stops_on_sigterm() {
     ));
 
     let app = format!("run-test-{}", std::process::id());
-    let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .arg("run")
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["run", "--metrics", "127.0.0.1:0"])
         .current_dir(root())
         .env("KAFKA_BROKERS", &brokers)
         .env("SCHEMA_REGISTRY_URL", &registry_url)
         .env("ORDERFLOW_APP", &app)
         .env_remove("ORDERFLOW_TOPOLOGY")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let metrics_addr = line
+        .trim()
+        .strip_prefix("metrics: http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("expected the metrics line, got {line:?}"))
+        .to_string();
 
     let topology =
         orderflow_runtime::topology::load(&root().join("topology.yaml"), &catalog()).unwrap();
@@ -129,6 +141,15 @@ async fn run_answers_a_registration_and_stops_on_sigterm() {
             }
         }
     }
+    // The registration shows in the metrics once the commit after it publishes them.
+    let mut scraped = String::new();
+    for _ in 0..50 {
+        scraped = scrape(&metrics_addr);
+        if scraped.contains("orderflow_records_in_total{processor=\"user-cache\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -139,5 +160,28 @@ async fn run_answers_a_registration_and_stops_on_sigterm() {
     assert!(reply.ok, "{reply:?}");
     assert!(reply.entity_id.is_some());
     assert!(output.status.success(), "{stderr}");
+    assert!(
+        scraped.contains("orderflow_records_in_total{processor=\"user-cache\"} 1"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("# TYPE orderflow_process_latency_seconds histogram"),
+        "{scraped}"
+    );
     drop(own_broker);
+}
+
+/// `GET /metrics` over a plain socket.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
 }

@@ -38,6 +38,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::context::{GlobalTables, Output};
 use crate::dead_letter::DeadLetter;
+use crate::metrics::{Histogram, Metrics};
 use crate::processor::{Catalog, ProcessError, Record};
 use crate::registry::RegistryClient;
 use crate::task::{Hook, RestoredEntry, Task};
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     /// Extra librdkafka settings for every client (for example
     /// `session.timeout.ms`).
     pub client_overrides: BTreeMap<String, String>,
+    /// Where the engine's metrics go (served on `/metrics` by whoever owns it).
+    pub metrics: Arc<Metrics>,
 }
 
 impl EngineConfig {
@@ -83,6 +86,7 @@ impl EngineConfig {
             processors: Vec::new(),
             instance_id,
             client_overrides: BTreeMap::new(),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -422,6 +426,18 @@ struct StreamThread {
     commit_interval: Duration,
     globals: GlobalTables,
     global_consumer: Option<BaseConsumer>,
+    stats: Stats,
+}
+
+/// What a stream thread counts between commits, published to the shared registry
+/// at each commit so the per-record path takes no lock.
+#[derive(Default)]
+struct Stats {
+    records_in: BTreeMap<String, u64>,
+    records_out: BTreeMap<String, u64>,
+    dead_letters: BTreeMap<String, u64>,
+    latency: BTreeMap<String, Histogram>,
+    last_lag: Option<Instant>,
 }
 
 impl StreamThread {
@@ -500,6 +516,7 @@ impl StreamThread {
             commit_interval,
             globals: GlobalTables::default(),
             global_consumer: None,
+            stats: Stats::default(),
         };
         if !global_topics.is_empty() {
             thread.start_globals(&global_topics)?;
@@ -558,6 +575,12 @@ impl StreamThread {
                     // dropped (aborted under exactly_once); the next owner of each
                     // partition restarts from the committed offsets and changelogs.
                     tracing::info!("partitions revoked: closing tasks");
+                    self.config.metrics.add(
+                        "orderflow_rebalances_total",
+                        "Rebalances that revoked this instance's partitions.",
+                        vec![("app", self.shared.topology.app.clone())],
+                        1.0,
+                    );
                     self.abandon_open_work()?;
                     self.tasks.clear();
                     self.assigned.clear();
@@ -625,6 +648,20 @@ impl StreamThread {
                 processor: node.name.clone(),
                 error,
             })?;
+            let labels = vec![("processor", node.name.clone())];
+            let metrics = &self.config.metrics;
+            metrics.add(
+                "orderflow_restored_records_total",
+                "Changelog records read to restore task state.",
+                labels.clone(),
+                restored as f64,
+            );
+            metrics.add(
+                "orderflow_restore_seconds_total",
+                "Time spent restoring task state from changelogs.",
+                labels,
+                started.elapsed().as_secs_f64(),
+            );
             tracing::info!(
                 processor = %node.name,
                 partition,
@@ -869,13 +906,21 @@ impl StreamThread {
                     if let Some(task) = self.tasks.get_mut(&key) {
                         task.observe(input.timestamp);
                     }
-                    match self.call(
+                    *self.stats.records_in.entry(node.name.clone()).or_default() += 1;
+                    let started = Instant::now();
+                    let result = self.call(
                         &node.name,
                         input.partition,
                         Hook::Process(&record),
                         input.timestamp,
                         Some(&input),
-                    ) {
+                    );
+                    self.stats
+                        .latency
+                        .entry(node.name.clone())
+                        .or_default()
+                        .observe(started.elapsed());
+                    match result {
                         Ok(()) => {}
                         Err(EngineError::Processor { error, .. })
                             if !matches!(error, ProcessError::Fatal(_)) =>
@@ -916,6 +961,13 @@ impl StreamThread {
             return Ok(());
         }
         self.begin()?;
+        if !outputs.is_empty() {
+            *self
+                .stats
+                .records_out
+                .entry(processor.to_string())
+                .or_default() += outputs.len() as u64;
+        }
         for (n, out) in outputs.into_iter().enumerate() {
             let id = input.map(|i| format!("{}/{}/{}/{n}", i.topic, i.partition, i.offset));
             self.send_output(out, id)?;
@@ -970,6 +1022,11 @@ impl StreamThread {
     ) -> Result<(), EngineError> {
         tracing::warn!(processor = %node.name, topic = %input.topic, partition = input.partition, offset = input.offset, kind, error = message, "dead letter");
         self.begin()?;
+        *self
+            .stats
+            .dead_letters
+            .entry(node.name.clone())
+            .or_default() += 1;
         let headers_list = DeadLetter {
             processor: &node.name,
             topic: &input.topic,
@@ -1078,9 +1135,106 @@ impl StreamThread {
     /// first, then the offsets are committed.
     fn commit(&mut self) -> Result<(), EngineError> {
         self.last_commit = Instant::now();
+        self.publish_stats();
         if !self.in_txn {
             return Ok(());
         }
+        let started = Instant::now();
+        let result = self.commit_open_work();
+        self.config.metrics.observe(
+            "orderflow_commit_latency_seconds",
+            "Time to commit (transaction, or acknowledgements and offsets).",
+            vec![("guarantee", self.guarantee.to_string())],
+            started.elapsed(),
+        );
+        result
+    }
+
+    /// Publishes what was counted since the last commit, store sizes and, every few
+    /// seconds, consumer lag.
+    fn publish_stats(&mut self) {
+        let metrics = self.config.metrics.clone();
+        for (p, n) in std::mem::take(&mut self.stats.records_in) {
+            metrics.add(
+                "orderflow_records_in_total",
+                "Records processed, per processor.",
+                vec![("processor", p)],
+                n as f64,
+            );
+        }
+        for (p, n) in std::mem::take(&mut self.stats.records_out) {
+            metrics.add(
+                "orderflow_records_out_total",
+                "Records forwarded, per processor.",
+                vec![("processor", p)],
+                n as f64,
+            );
+        }
+        for (p, n) in std::mem::take(&mut self.stats.dead_letters) {
+            metrics.add(
+                "orderflow_dead_letters_total",
+                "Records sent to the dead-letter topic, per processor.",
+                vec![("processor", p)],
+                n as f64,
+            );
+        }
+        for (p, h) in &mut self.stats.latency {
+            metrics.observe_all(
+                "orderflow_process_latency_seconds",
+                "Time one record spends in its processor.",
+                vec![("processor", p.clone())],
+                h,
+            );
+            h.clear();
+        }
+        let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+        for task in self.tasks.values() {
+            for store in &task.node().stores {
+                if let Some(s) = task.store(store) {
+                    *sizes.entry(store.clone()).or_default() += s.len();
+                }
+            }
+        }
+        for (store, keys) in sizes {
+            metrics.set(
+                "orderflow_store_keys",
+                "Keys held by a store on this instance.",
+                vec![("store", store)],
+                keys as f64,
+            );
+        }
+        if self
+            .stats
+            .last_lag
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            self.stats.last_lag = Some(Instant::now());
+            if let Ok(positions) = self.consumer.position() {
+                for e in positions.elements() {
+                    let Some(position) = e.offset().to_raw() else {
+                        continue;
+                    };
+                    if let Ok((_, high)) = self.consumer.fetch_watermarks(
+                        e.topic(),
+                        e.partition(),
+                        Duration::from_millis(500),
+                    ) {
+                        metrics.set(
+                            "orderflow_consumer_lag",
+                            "Records in a partition not yet read by this instance.",
+                            vec![
+                                ("topic", e.topic().to_string()),
+                                ("partition", e.partition().to_string()),
+                            ],
+                            (high - position).max(0) as f64,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_open_work(&mut self) -> Result<(), EngineError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &self.offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -1194,6 +1348,12 @@ impl StreamThread {
     /// Drops uncommitted work: aborts the open transaction under exactly_once.
     fn abandon_open_work(&mut self) -> Result<(), EngineError> {
         if self.guarantee == Guarantee::ExactlyOnce && self.in_txn {
+            self.config.metrics.add(
+                "orderflow_transaction_aborts_total",
+                "Transactions aborted (rebalance, abortable error).",
+                vec![("app", self.shared.topology.app.clone())],
+                1.0,
+            );
             self.producer
                 .abort_transaction(Duration::from_secs(60))
                 .map_err(kafka("aborting the transaction", CHECK_BROKER))?;

@@ -21,6 +21,7 @@
 //! - [`task`]: one processor instance over one partition: journaled calls,
 //!   changelog flush, restore; shared by the engine and the test driver.
 //! - [`dead_letter`]: the headers of a dead-letter record.
+//! - [`metrics`]: counters, gauges and histograms in the Prometheus text format.
 //! - [`partition`]: the Java client's murmur2 partitioner.
 //! - [`driver`]: the in-process test driver.
 
@@ -30,6 +31,7 @@ pub mod context;
 pub mod dead_letter;
 pub mod driver;
 pub mod engine;
+pub mod metrics;
 pub mod partition;
 pub mod processor;
 pub mod registry;

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 type Seen = (String, Count, Vec<(String, String)>);
 
 struct Setup {
+    metrics: Arc<orderflow_runtime::metrics::Metrics>,
     topology: Arc<Topology>,
     registry: Arc<RegistryClient>,
     clicks: String,
@@ -67,6 +68,7 @@ processors:
     );
     let topology = load_str(&yaml, "engine.yaml", &fixtures(), &|_| None, &catalog()).unwrap();
     Setup {
+        metrics: Arc::new(orderflow_runtime::metrics::Metrics::new()),
         topology: Arc::new(topology),
         registry: Arc::new(RegistryClient::embedded(Arc::new(SchemaStore::new()))),
         clicks,
@@ -94,6 +96,7 @@ fn start(s: &Setup) -> Running {
     config
         .client_overrides
         .insert("session.timeout.ms".into(), "6000".into());
+    config.metrics = s.metrics.clone();
     let task = tokio::spawn(engine::run(
         s.topology.clone(),
         catalog(),
@@ -217,6 +220,37 @@ async fn exactly_once_counts_survive_a_restart() {
             "{user}: each count exactly once"
         );
     }
+    // The metrics saw it: 110 records in and out, and the restore.
+    let m = &s.metrics;
+    assert_eq!(
+        m.value("orderflow_records_in_total", &[("processor", "counter")]),
+        Some(110.0)
+    );
+    assert_eq!(
+        m.value("orderflow_records_out_total", &[("processor", "counter")]),
+        Some(110.0)
+    );
+    assert!(
+        m.value(
+            "orderflow_restored_records_total",
+            &[("processor", "counter")]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    let text = m.render();
+    assert!(
+        text.contains("orderflow_process_latency_seconds_count{processor=\"counter\"} 110"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE orderflow_commit_latency_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orderflow_store_keys{store=\"counts\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,6 +304,11 @@ async fn corrupt_records_go_to_the_dead_letter_topic() {
     }
     running.stop().await;
     assert_eq!(kinds, ["bad_magic", "truncated"]);
+    assert_eq!(
+        s.metrics
+            .value("orderflow_dead_letters_total", &[("processor", "counter")]),
+        Some(2.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
