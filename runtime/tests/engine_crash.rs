@@ -272,3 +272,122 @@ processors:
     let _ = std::fs::remove_dir_all(&dir);
     outputs
 }
+
+/// A wall-clock timer set before a `kill -9` fires after the restart: pending timers
+/// live in a changelogged store, not in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_timer_set_before_a_kill_fires_after_the_restart() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(http::serve(
+        listener,
+        Arc::new(SchemaStore::new()),
+        std::future::pending(),
+    ));
+    let id = unique("timer");
+    let (clicks, counts) = (format!("clicks-{id}"), format!("counts-{id}"));
+    let dir = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["click.avsc", "count.avsc"] {
+        std::fs::copy(fixtures().join(f), dir.join(f)).unwrap();
+    }
+    let file = dir.join("topology.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "app: app-{id}
+topics:
+  {clicks}: {{ partitions: 2, value: click.avsc, ingress: true }}
+  {counts}: {{ partitions: 2, value: count.avsc }}
+stores:
+  counts: {{}}
+processors:
+  counter:
+    kind: counter
+    config: {{ output: {counts} }}
+    inputs: [{clicks}]
+    outputs: [{counts}]
+    stores: [counts]
+    timers:
+      idle: {{ domain: wall_clock, after: 8s }}
+      session: {{ domain: stream_time, after: 1h }}
+"
+        ),
+    )
+    .unwrap();
+    let topology = load(&file, &catalog()).unwrap();
+    let registry = RegistryClient::remote(&registry_url).unwrap();
+    orderflow_runtime::engine::ensure_topics(
+        &topology,
+        &orderflow_runtime::engine::EngineConfig::new(bootstrap()),
+    )
+    .await
+    .unwrap();
+    let serde = TopicSerde::register(&topology, &registry).await.unwrap();
+    let mut app = spawn(&file, &registry_url, "timer");
+
+    let producer: FutureProducer = client()
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let bytes = serde
+        .encode(
+            &clicks,
+            &Click {
+                user: "ann".into(),
+                page: "/".into(),
+            },
+        )
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&clicks).key("ann").payload(&bytes),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let consumer: StreamConsumer = client()
+        .set("group.id", unique("timer-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[counts.as_str()]).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let count: Count = serde
+        .decode_as(
+            &counts,
+            first.partition(),
+            first.offset(),
+            first.payload().unwrap(),
+        )
+        .unwrap();
+    assert_eq!((count.count, count.closed), (1, false));
+
+    // The count is committed, so is the pending idle timer; kill before it is due.
+    app.kill().unwrap();
+    app.wait().unwrap();
+    let mut app = spawn(&file, &registry_url, "timer");
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let m = consumer.recv().await.unwrap();
+            let c: Count = serde
+                .decode_as(&counts, m.partition(), m.offset(), m.payload().unwrap())
+                .unwrap();
+            if c.closed {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("the idle timer fired after the restart");
+    assert_eq!((closed.user.as_str(), closed.count), ("ann", 1));
+    let _ = Command::new("kill")
+        .args(["-TERM", &app.id().to_string()])
+        .status();
+    let _ = app.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
