@@ -427,6 +427,9 @@ struct StreamThread {
     globals: GlobalTables,
     global_consumer: Option<BaseConsumer>,
     stats: Stats,
+    /// When the producer was last fenced: twice within a minute means another live
+    /// instance uses our transactional id, and taking it back would only fence it.
+    last_fenced: Option<Instant>,
 }
 
 /// What a stream thread counts between commits, published to the shared registry
@@ -466,31 +469,7 @@ impl StreamThread {
         consumer
             .subscribe(&topics)
             .map_err(kafka("subscribing", CHECK_BROKER))?;
-        let mut producer_config = client_config(&config);
-        producer_config
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("compression.type", "none");
-        if guarantee == Guarantee::ExactlyOnce {
-            producer_config
-                .set(
-                    "transactional.id",
-                    format!("{app}-{}-{guarantee}", config.instance_id),
-                )
-                // As Kafka Streams: a short timeout, so the broker aborts a crashed
-                // instance's open transaction (which holds back read_committed
-                // readers) within seconds when no restart fences it sooner.
-                .set("transaction.timeout.ms", "10000");
-        }
-        let producer: ThreadedProducer<Deliveries> = producer_config
-            .create_with_context(Deliveries::default())
-            .map_err(kafka("creating the producer", CHECK_BROKER))?;
-        if guarantee == Guarantee::ExactlyOnce {
-            producer
-                .init_transactions(Duration::from_secs(60))
-                .map_err(kafka("initializing transactions", " (the broker needs transaction.state.log settings for its size; see deploy/kafka/server.properties)"))?;
-        }
+        let producer = make_producer(&config, &app, guarantee)?;
         let commit_interval = nodes
             .iter()
             .map(|n| n.commit_interval)
@@ -517,6 +496,7 @@ impl StreamThread {
             globals: GlobalTables::default(),
             global_consumer: None,
             stats: Stats::default(),
+            last_fenced: None,
         };
         if !global_topics.is_empty() {
             thread.start_globals(&global_topics)?;
@@ -1258,6 +1238,36 @@ impl StreamThread {
                 }
                 .and_then(|()| self.producer.commit_transaction(Duration::from_secs(60)));
                 if let Err(e) = result {
+                    if is_fenced(&e)
+                        && self
+                            .last_fenced
+                            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                    {
+                        self.last_fenced = Some(Instant::now());
+                        // Kafka Streams' TaskMigrated: our work of this transaction is
+                        // void; a new producer (fencing in turn whatever fenced us if
+                        // it is a zombie of ours), fresh tasks from the changelogs, and
+                        // back to the committed offsets.
+                        tracing::warn!(error = %e, "producer fenced; rebuilding tasks from their changelogs");
+                        self.config.metrics.add(
+                            "orderflow_transaction_aborts_total",
+                            "Transactions aborted (rebalance, abortable error).",
+                            vec![("app", self.shared.topology.app.clone())],
+                            1.0,
+                        );
+                        self.producer =
+                            make_producer(&self.config, &self.shared.topology.app, self.guarantee)?;
+                        self.in_txn = false;
+                        self.offsets.clear();
+                        self.rewind()?;
+                        return Ok(());
+                    }
+                    if is_fenced(&e) {
+                        return Err(kafka(
+                            "committing the transaction",
+                            " (fenced twice in a minute: another running instance uses the same transactional id; give each instance its own ORDERFLOW_INSTANCE_ID)",
+                        )(e));
+                    }
                     let abortable =
                         matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
                     if !abortable {
@@ -1429,6 +1439,57 @@ fn trim_to_marks(entries: &mut Vec<RestoredEntry>) -> BTreeMap<String, i64> {
         key != MARK_KEY && last_mark.get(store).is_some_and(|(at, _)| i < *at)
     });
     applied.unwrap_or_default()
+}
+
+/// The stream thread's producer: transactional under exactly_once (and its
+/// transactions initialized, which fences an older producer of the same id),
+/// idempotent under at_least_once.
+fn make_producer(
+    config: &EngineConfig,
+    app: &str,
+    guarantee: Guarantee,
+) -> Result<ThreadedProducer<Deliveries>, EngineError> {
+    let mut producer_config = client_config(config);
+    producer_config
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "none");
+    if guarantee == Guarantee::ExactlyOnce {
+        producer_config
+            .set(
+                "transactional.id",
+                format!("{app}-{}-{guarantee}", config.instance_id),
+            )
+            // As Kafka Streams: a short timeout, so the broker aborts a crashed
+            // instance's open transaction (which holds back read_committed readers)
+            // within seconds when no restart fences it sooner.
+            .set("transaction.timeout.ms", "10000");
+    }
+    let producer: ThreadedProducer<Deliveries> = producer_config
+        .create_with_context(Deliveries::default())
+        .map_err(kafka("creating the producer", CHECK_BROKER))?;
+    if guarantee == Guarantee::ExactlyOnce {
+        producer.init_transactions(Duration::from_secs(60)).map_err(kafka(
+            "initializing transactions",
+            " (the broker needs transaction.state.log settings for its size; see deploy/kafka/server.properties)",
+        ))?;
+    }
+    Ok(producer)
+}
+
+/// Whether a transaction error means this producer was fenced: a newer producer
+/// with its transactional id exists, or its epoch is stale after a rebalance.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
 }
 
 /// A partition's low and high watermarks, retrying for a while the errors of a topic

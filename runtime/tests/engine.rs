@@ -354,3 +354,20 @@ async fn at_least_once_outputs_carry_their_id() {
         assert_eq!(parts[0], s.clicks);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_another_partition_count_stops_the_app() {
+    let s = setup("exactly_once", "1h");
+    // Someone created the input topic with 2 partitions; topology.yaml says 3.
+    common::kafka::create_topic(&s.clicks, 2).await;
+    let running = start(&s);
+    let error = running.task.await.unwrap().unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "topic {} has 2 partitions but topology.yaml says 3",
+            s.clicks
+        )),
+        "{message}"
+    );
+}
