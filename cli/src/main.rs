@@ -41,6 +41,10 @@ enum Command {
         /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one).
         #[arg(long, env = "ORDERFLOW_METRICS")]
         metrics: Option<std::net::SocketAddr>,
+        /// A librdkafka property for every Kafka client, KEY=VALUE (repeat, or
+        /// comma-separate in the env), e.g. session.timeout.ms=10000.
+        #[arg(long = "kafka-config", env = "ORDERFLOW_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_property)]
+        kafka_config: Vec<(String, String)>,
     },
     /// Run the managed single-node Apache Kafka (KRaft) in the foreground: fetched
     /// and cached on first use, its data under --data, stopped cleanly on Ctrl-C.
@@ -119,7 +123,8 @@ fn main() -> ExitCode {
             brokers,
             registry,
             metrics,
-        } => run_command(file, processors, brokers, registry, metrics),
+            kafka_config,
+        } => run_command(file, processors, brokers, registry, metrics, kafka_config),
         Command::Broker { data, listen } => broker_command(data, listen),
         Command::Registry {
             listen,
@@ -315,12 +320,23 @@ fn registry_command(
     }
 }
 
+/// `KEY=VALUE` of `--kafka-config`.
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
 fn run_command(
     file: PathBuf,
     processors: Vec<String>,
     brokers: String,
     registry: String,
     metrics: Option<std::net::SocketAddr>,
+    kafka_config: Vec<(String, String)>,
 ) -> ExitCode {
     use orderflow_runtime::engine::{self, EngineConfig};
     use orderflow_runtime::registry::RegistryClient;
@@ -341,6 +357,7 @@ fn run_command(
     };
     let mut config = EngineConfig::new(brokers);
     config.processors = processors;
+    config.client_overrides.extend(kafka_config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

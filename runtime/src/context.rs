@@ -2,8 +2,15 @@
 //! declared outputs, the global tables it declared, its named timers and the two
 //! clocks. Anything undeclared is a [`ProcessError::Contract`] error, so the topology
 //! file stays the truth about what each processor touches.
+//!
+//! A `process` call may also [defer](Context::defer) the rest of its work to an async
+//! job (a call to a slow outside service): the task holds its later records until the
+//! job ends, then the job's [`Continuation`] runs with a fresh context as if it were
+//! the end of that `process` call. Other tasks go on meanwhile.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use apache_avro::types::Value;
 
@@ -93,6 +100,15 @@ impl GlobalTable<'_> {
     }
 }
 
+/// The rest of a deferred `process` call: run on the task's thread once its job has
+/// ended, with a context like the one of the call that deferred it (same record
+/// timestamp; outputs, store writes and timers journaled the same way). It may defer
+/// again.
+pub type Continuation = Box<dyn FnOnce(&mut Context<'_>) -> Result<(), ProcessError> + Send>;
+
+/// A deferred job: an async computation that ends with the [`Continuation`] to run.
+pub type Deferred = Pin<Box<dyn Future<Output = Continuation> + Send>>;
+
 /// The task-level state a context borrows.
 #[derive(Debug)]
 pub struct TaskState {
@@ -108,7 +124,6 @@ pub struct TaskState {
 
 /// What a processor hook gets. Created by the engine (or the test driver) around one
 /// call.
-#[derive(Debug)]
 pub struct Context<'a> {
     pub(crate) node: &'a ProcessorNode,
     pub(crate) task: &'a mut TaskState,
@@ -117,6 +132,21 @@ pub struct Context<'a> {
     pub(crate) outputs: &'a mut Vec<Output>,
     pub(crate) wall_time: i64,
     pub(crate) timestamp: i64,
+    /// Whether this hook may defer (`process` and continuations only).
+    pub(crate) may_defer: bool,
+    /// The job the hook deferred, if it did.
+    pub(crate) deferred: Option<Deferred>,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("processor", &self.node.name)
+            .field("partition", &self.task.partition)
+            .field("timestamp", &self.timestamp)
+            .field("deferred", &self.deferred.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Context<'a> {
@@ -138,6 +168,8 @@ impl<'a> Context<'a> {
             outputs,
             wall_time,
             timestamp,
+            may_defer: false,
+            deferred: None,
         }
     }
 
@@ -164,6 +196,35 @@ impl<'a> Context<'a> {
     /// The timestamp forwarded records get.
     pub fn timestamp(&self) -> i64 {
         self.timestamp
+    }
+
+    /// Ends this `process` call with an async job: the task takes no further record
+    /// (and fires none of its timers) until `job` has ended; then the continuation it
+    /// returns runs with a fresh context, and only once that has succeeded does the
+    /// record count as processed (its offset committed, its outputs sent). A crash or
+    /// rebalance before that drops the job and the record is processed again, so a job
+    /// must be safe to repeat (an idempotency key for an outside service). The job runs
+    /// on the engine's async runtime while other tasks process their records.
+    ///
+    /// Only `process` and continuations may defer, once per call.
+    pub fn defer<F>(&mut self, job: F) -> Result<(), ProcessError>
+    where
+        F: Future<Output = Continuation> + Send + 'static,
+    {
+        if !self.may_defer {
+            return Err(ProcessError::Contract(format!(
+                "processor {} deferred work outside process (only process and continuations may)",
+                self.node.name
+            )));
+        }
+        if self.deferred.is_some() {
+            return Err(ProcessError::Contract(format!(
+                "processor {} deferred twice in one call",
+                self.node.name
+            )));
+        }
+        self.deferred = Some(Box::pin(job));
+        Ok(())
     }
 
     /// A declared store.

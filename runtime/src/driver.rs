@@ -15,7 +15,7 @@ use std::time::Duration;
 use apache_avro::types::Value;
 
 use crate::avro::AvroRecord;
-use crate::context::{GlobalTables, Output};
+use crate::context::{Continuation, Deferred, GlobalTables, Output};
 use crate::dead_letter::DeadLetter;
 use crate::processor::{BuildError, Catalog, ProcessError, Record};
 use crate::registry::SchemaStore;
@@ -557,8 +557,20 @@ impl TestDriver {
         {
             task.observe(r.timestamp);
         }
-        if let Err(error) = self.call(&d.processor, partition, Hook::Process(&record), r.timestamp)
+        let mut result = self.call(&d.processor, partition, Hook::Process(&record), r.timestamp);
+        // A deferred job runs to its end right here: the driver is deterministic, so
+        // the task's next record always sees the job's effects, as in the engine.
+        while result.is_ok()
+            && let Some(job) = self
+                .runs
+                .get_mut(&d.processor)
+                .and_then(|run| run.tasks.get_mut(partition))
+                .and_then(Task::take_deferred)
         {
+            let continuation = run_job(job);
+            result = self.resume(&d.processor, partition, continuation, r.timestamp);
+        }
+        if let Err(error) = result {
             match error {
                 DriverError::Fatal { error, .. } if !matches!(error, ProcessError::Fatal(_)) => {
                     self.dead_letter(&d, &r, error.kind(), &error.to_string());
@@ -625,18 +637,62 @@ impl TestDriver {
         };
         match task.run(hook, &self.globals, &self.serde, self.wall_time, timestamp) {
             Ok(outputs) => {
-                for record in task.take_changelog() {
-                    self.append_to_partition(
-                        &record.topic,
-                        partition as i32,
-                        record.key,
-                        record.value,
-                        timestamp,
-                    );
-                }
-                for out in outputs {
-                    self.emit(out);
-                }
+                self.settle(processor, partition, outputs, timestamp);
+                Ok(())
+            }
+            Err(error) => Err(DriverError::Fatal {
+                processor: processor.to_string(),
+                error,
+            }),
+        }
+    }
+
+    /// Appends a successful call's changelog records and outputs.
+    fn settle(&mut self, processor: &str, partition: usize, outputs: Vec<Output>, timestamp: i64) {
+        let changelog = self
+            .runs
+            .get_mut(processor)
+            .and_then(|run| run.tasks.get_mut(partition))
+            .map(Task::take_changelog)
+            .unwrap_or_default();
+        for record in changelog {
+            self.append_to_partition(
+                &record.topic,
+                partition as i32,
+                record.key,
+                record.value,
+                timestamp,
+            );
+        }
+        for out in outputs {
+            self.emit(out);
+        }
+    }
+
+    /// Runs the continuation of a deferred job like [`TestDriver::call`] runs a hook.
+    fn resume(
+        &mut self,
+        processor: &str,
+        partition: usize,
+        continuation: Continuation,
+        timestamp: i64,
+    ) -> Result<(), DriverError> {
+        let Some(task) = self
+            .runs
+            .get_mut(processor)
+            .and_then(|run| run.tasks.get_mut(partition))
+        else {
+            return Ok(());
+        };
+        match task.resume(
+            continuation,
+            &self.globals,
+            &self.serde,
+            self.wall_time,
+            timestamp,
+        ) {
+            Ok(outputs) => {
+                self.settle(processor, partition, outputs, timestamp);
                 Ok(())
             }
             Err(error) => Err(DriverError::Fatal {
@@ -770,4 +826,25 @@ impl StoreView<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Runs a deferred job to its end on the driver's async runtime (one for every
+/// driver, made on first use), from a thread of its own so a driver used inside an
+/// async test does not block that test's runtime.
+fn run_job(job: Deferred) -> Continuation {
+    static JOBS: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = JOBS.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("orderflow-driver-jobs")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("the test driver cannot start its async runtime: {e}"))
+    });
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime.block_on(job))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }

@@ -19,7 +19,7 @@
 //! every output is acknowledged, and outputs carry a deterministic id header so a
 //! consumer can drop a repeat.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::context::{GlobalTables, Output};
+use crate::context::{Continuation, GlobalTables, Output};
 use crate::dead_letter::DeadLetter;
 use crate::metrics::{Histogram, Metrics};
 use crate::processor::{Catalog, ProcessError, Record};
@@ -430,6 +430,31 @@ struct StreamThread {
     /// When the producer was last fenced: twice within a minute means another live
     /// instance uses our transactional id, and taking it back would only fence it.
     last_fenced: Option<Instant>,
+    /// Jobs deferred by a task's `process`, by (processor, partition): the task takes
+    /// nothing else until its job ends and its continuation has run.
+    jobs: BTreeMap<(String, i32), Job>,
+    /// Inputs that arrived while a task reading them had a job running, by input
+    /// (topic, partition), in offset order.
+    held: BTreeMap<(String, i32), VecDeque<OwnedInput>>,
+    /// Input partitions paused because too many of their records are held.
+    paused: BTreeSet<(String, i32)>,
+}
+
+/// Held records of one input partition past which the consumer pauses it.
+const HOLD_PAUSE: usize = 500;
+
+/// A deferred job in flight and the input whose `process` call deferred it.
+struct Job {
+    input: OwnedInput,
+    handle: tokio::task::JoinHandle<Continuation>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // A dropped job (rebalance, abort, shutdown) is not awaited: its record will be
+        // processed again, so the job will be made again.
+        self.handle.abort();
+    }
 }
 
 /// What a stream thread counts between commits, published to the shared registry
@@ -497,6 +522,9 @@ impl StreamThread {
             global_consumer: None,
             stats: Stats::default(),
             last_fenced: None,
+            jobs: BTreeMap::new(),
+            held: BTreeMap::new(),
+            paused: BTreeSet::new(),
         };
         if !global_topics.is_empty() {
             thread.start_globals(&global_topics)?;
@@ -506,7 +534,9 @@ impl StreamThread {
 
     fn run(&mut self) -> Result<(), EngineError> {
         while !self.shared.stop.load(Ordering::SeqCst) {
-            let message = match self.consumer.poll(Duration::from_millis(50)) {
+            // With jobs running, poll briefly so a finished job's task goes on soon.
+            let wait = if self.jobs.is_empty() { 50 } else { 5 };
+            let message = match self.consumer.poll(Duration::from_millis(wait)) {
                 None => None,
                 Some(Ok(m)) => Some(Ok(OwnedInput::from(&m))),
                 Some(Err(e)) => Some(Err(e)),
@@ -525,12 +555,20 @@ impl StreamThread {
                 }
                 Some(Ok(input)) => self.process_input(input)?,
             }
+            self.finish_jobs()?;
             self.fire_wall_clock()?;
             if self.last_commit.elapsed() >= self.commit_interval {
                 self.commit()?;
             }
         }
+        // A clean stop lets running jobs end (briefly) so their records need no replay.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.jobs.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            self.finish_jobs()?;
+        }
         self.commit()?;
+        self.drop_jobs();
         let wall = now_ms();
         for task in self.tasks.values_mut() {
             task.close(&self.globals, &self.shared.serde, wall);
@@ -562,6 +600,7 @@ impl StreamThread {
                         1.0,
                     );
                     self.abandon_open_work()?;
+                    self.drop_jobs();
                     self.tasks.clear();
                     self.assigned.clear();
                     self.applied.clear();
@@ -821,7 +860,35 @@ impl StreamThread {
         Ok(())
     }
 
+    /// Processes a consumed record, or holds it while a task reading it has a job
+    /// running (records of one partition are processed in order).
     fn process_input(&mut self, input: OwnedInput) -> Result<(), EngineError> {
+        let tp = (input.topic.clone(), input.partition);
+        if self.held.get(&tp).is_some_and(|q| !q.is_empty()) || self.is_blocked(&tp) {
+            let queue = self.held.entry(tp.clone()).or_default();
+            queue.push_back(input);
+            if queue.len() >= HOLD_PAUSE && !self.paused.contains(&tp) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&tp.0, tp.1);
+                self.consumer
+                    .pause(&tpl)
+                    .map_err(kafka("pausing a partition", CHECK_BROKER))?;
+                self.paused.insert(tp);
+            }
+            return Ok(());
+        }
+        self.process_now(input)
+    }
+
+    /// Whether a task reading this input partition has a job running.
+    fn is_blocked(&self, (topic, partition): &(String, i32)) -> bool {
+        !self.jobs.is_empty()
+            && self.nodes.iter().any(|n| {
+                n.inputs.contains(topic) && self.jobs.contains_key(&(n.name.clone(), *partition))
+            })
+    }
+
+    fn process_now(&mut self, input: OwnedInput) -> Result<(), EngineError> {
         let readers: Vec<Arc<ProcessorNode>> = self
             .nodes
             .iter()
@@ -846,6 +913,7 @@ impl StreamThread {
                 bytes,
             )),
         };
+        let mut deferred = false;
         match value {
             Err(e) if e.kind.is_retriable() => {
                 return Err(EngineError::Kafka {
@@ -871,17 +939,16 @@ impl StreamThread {
                 };
                 for node in &readers {
                     let key = (node.name.clone(), input.partition);
-                    if self.guarantee == Guarantee::AtLeastOnce {
-                        let marks = self.applied.entry(key.clone()).or_default();
-                        if marks
-                            .get(&input.topic)
+                    if self.guarantee == Guarantee::AtLeastOnce
+                        && self
+                            .applied
+                            .get(&key)
+                            .and_then(|marks| marks.get(&input.topic))
                             .is_some_and(|next| input.offset < *next)
-                        {
-                            // A replay of a record whose effects the restored state
-                            // already holds (and whose outputs went out before it).
-                            continue;
-                        }
-                        marks.insert(input.topic.clone(), input.offset + 1);
+                    {
+                        // A replay of a record whose effects the restored state
+                        // already holds (and whose outputs went out before it).
+                        continue;
                     }
                     if let Some(task) = self.tasks.get_mut(&key) {
                         task.observe(input.timestamp);
@@ -901,7 +968,14 @@ impl StreamThread {
                         .or_default()
                         .observe(started.elapsed());
                     match result {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            let job = self.tasks.get_mut(&key).and_then(Task::take_deferred);
+                            if let Some(job) = job {
+                                self.start_job(key, input.clone(), job);
+                                deferred = true;
+                                continue;
+                            }
+                        }
                         Err(EngineError::Processor { error, .. })
                             if !matches!(error, ProcessError::Fatal(_)) =>
                         {
@@ -909,13 +983,130 @@ impl StreamThread {
                         }
                         Err(e) => return Err(e),
                     }
+                    self.mark_applied(&key, &input);
                     self.fire_stream_time(&node.name, input.partition)?;
                 }
             }
         }
-        self.offsets
-            .insert((input.topic.clone(), input.partition), input.offset + 1);
+        if !deferred {
+            self.offsets
+                .insert((input.topic.clone(), input.partition), input.offset + 1);
+        }
         Ok(())
+    }
+
+    /// at_least_once: the task's state now holds this input's effects.
+    fn mark_applied(&mut self, key: &(String, i32), input: &OwnedInput) {
+        if self.guarantee == Guarantee::AtLeastOnce {
+            self.applied
+                .entry(key.clone())
+                .or_default()
+                .insert(input.topic.clone(), input.offset + 1);
+        }
+    }
+
+    fn start_job(&mut self, key: (String, i32), input: OwnedInput, job: crate::context::Deferred) {
+        let handle = self.shared.runtime.spawn(job);
+        self.jobs.insert(key, Job { input, handle });
+    }
+
+    /// Runs the continuation of every job that has ended; a record whose every job
+    /// is done counts as processed; then processes what was held behind them.
+    fn finish_jobs(&mut self) -> Result<(), EngineError> {
+        let done: Vec<(String, i32)> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.handle.is_finished())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if done.is_empty() {
+            return Ok(());
+        }
+        for key in done {
+            let Some(mut job) = self.jobs.remove(&key) else {
+                continue;
+            };
+            let Some(node) = self.nodes.iter().find(|n| n.name == key.0).cloned() else {
+                continue;
+            };
+            let input = job.input.clone();
+            let joined = self.shared.runtime.block_on(&mut job.handle);
+            let result = match joined {
+                Ok(continuation) => self.resume(&key, continuation, &input),
+                Err(e) => Err(EngineError::Processor {
+                    processor: key.0.clone(),
+                    error: ProcessError::Invalid(format!("the deferred job failed: {e}")),
+                }),
+            };
+            match result {
+                Ok(()) => {
+                    let again = self.tasks.get_mut(&key).and_then(Task::take_deferred);
+                    if let Some(again) = again {
+                        self.start_job(key, input, again);
+                        continue;
+                    }
+                }
+                Err(EngineError::Processor { error, .. })
+                    if !matches!(error, ProcessError::Fatal(_)) =>
+                {
+                    self.dead_letter(&node, &input, error.kind(), &error.to_string())?;
+                }
+                Err(e) => return Err(e),
+            }
+            self.mark_applied(&key, &input);
+            self.fire_stream_time(&key.0, key.1)?;
+            let still_running = self.jobs.values().any(|j| {
+                j.input.topic == input.topic
+                    && j.input.partition == input.partition
+                    && j.input.offset == input.offset
+            });
+            if !still_running {
+                self.offsets
+                    .insert((input.topic.clone(), input.partition), input.offset + 1);
+            }
+        }
+        self.release_held()
+    }
+
+    /// Processes held records whose tasks are free again, resuming paused partitions.
+    fn release_held(&mut self) -> Result<(), EngineError> {
+        let partitions: Vec<(String, i32)> = self.held.keys().cloned().collect();
+        for tp in partitions {
+            while !self.is_blocked(&tp) {
+                let Some(input) = self.held.get_mut(&tp).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                self.process_now(input)?;
+            }
+            let left = self.held.get(&tp).map_or(0, VecDeque::len);
+            if left == 0 {
+                self.held.remove(&tp);
+            }
+            if left < HOLD_PAUSE / 2 && self.paused.remove(&tp) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&tp.0, tp.1);
+                self.consumer
+                    .resume(&tpl)
+                    .map_err(kafka("resuming a partition", CHECK_BROKER))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops running jobs and held records (their records will be read again) and
+    /// resumes paused partitions.
+    fn drop_jobs(&mut self) {
+        self.jobs.clear();
+        self.held.clear();
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in std::mem::take(&mut self.paused) {
+            tpl.add_partition(&topic, partition);
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.resume(&tpl)
+        {
+            tracing::debug!(error = %e, "resuming partitions after dropping jobs");
+        }
     }
 
     /// Runs a hook of a task; sends its outputs and changelog records.
@@ -936,6 +1127,46 @@ impl StreamThread {
                 processor: processor.to_string(),
                 error,
             })?;
+        self.ship(processor, partition, outputs, timestamp, input)
+    }
+
+    /// Runs the continuation of a task's deferred job; sends what it produced.
+    fn resume(
+        &mut self,
+        (processor, partition): &(String, i32),
+        continuation: Continuation,
+        input: &OwnedInput,
+    ) -> Result<(), EngineError> {
+        let Some(task) = self.tasks.get_mut(&(processor.clone(), *partition)) else {
+            return Ok(());
+        };
+        let outputs = task
+            .resume(
+                continuation,
+                &self.globals,
+                &self.shared.serde,
+                now_ms(),
+                input.timestamp,
+            )
+            .map_err(|error| EngineError::Processor {
+                processor: processor.clone(),
+                error,
+            })?;
+        self.ship(processor, *partition, outputs, input.timestamp, Some(input))
+    }
+
+    /// Sends a successful call's outputs and its task's changelog records.
+    fn ship(
+        &mut self,
+        processor: &str,
+        partition: i32,
+        outputs: Vec<Output>,
+        timestamp: i64,
+        input: Option<&OwnedInput>,
+    ) -> Result<(), EngineError> {
+        let Some(task) = self.tasks.get_mut(&(processor.to_string(), partition)) else {
+            return Ok(());
+        };
         let changelog = task.take_changelog();
         if outputs.is_empty() && changelog.is_empty() {
             return Ok(());
@@ -1035,6 +1266,9 @@ impl StreamThread {
     }
 
     fn fire_stream_time(&mut self, processor: &str, partition: i32) -> Result<(), EngineError> {
+        if self.jobs.contains_key(&(processor.to_string(), partition)) {
+            return Ok(());
+        }
         loop {
             let Some(task) = self.tasks.get_mut(&(processor.to_string(), partition)) else {
                 return Ok(());
@@ -1052,6 +1286,7 @@ impl StreamThread {
         let due: Vec<(String, i32)> = self
             .tasks
             .iter()
+            .filter(|(key, _)| !self.jobs.contains_key(*key))
             .filter(|(_, t)| t.next_due(TimeDomain::WallClock).is_some_and(|d| d <= now))
             .map(|(k, _)| k.clone())
             .collect();
@@ -1370,12 +1605,14 @@ impl StreamThread {
         }
         self.in_txn = false;
         self.offsets.clear();
+        self.drop_jobs();
         Ok(())
     }
 
     /// After an abort outside a rebalance: every task goes (its state is ahead of
     /// what was committed), and the consumer goes back to the committed offsets.
     fn rewind(&mut self) -> Result<(), EngineError> {
+        self.drop_jobs();
         self.tasks.clear();
         let assignment = self
             .consumer
@@ -1565,6 +1802,7 @@ fn send(
 }
 
 /// A consumed record, copied out of the consumer's buffer.
+#[derive(Clone)]
 struct OwnedInput {
     topic: String,
     partition: i32,

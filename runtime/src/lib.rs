@@ -41,6 +41,6 @@ pub mod timer;
 pub mod topology;
 pub mod wire;
 
-pub use context::Context;
+pub use context::{Context, Continuation};
 pub use driver::TestDriver;
 pub use processor::{Catalog, ProcessError, Processor, Record};

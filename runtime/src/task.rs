@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::context::{Context, GlobalTables, Output, TaskState};
+use crate::context::{Context, Continuation, Deferred, GlobalTables, Output, TaskState};
 use crate::processor::{ProcessError, Processor, Record};
 use crate::store::KeyValueStore;
 use crate::timer::{TimeDomain, Timer, TimerIndex};
@@ -47,6 +47,8 @@ pub struct Task {
     state: TaskState,
     /// Store name -> changelog topic, for the stores that have one.
     changelogs: BTreeMap<String, String>,
+    /// The job the last call deferred, until the runner takes it.
+    deferred: Option<Deferred>,
 }
 
 impl std::fmt::Debug for Task {
@@ -104,6 +106,7 @@ impl Task {
                 stream_time: i64::MIN,
             },
             changelogs,
+            deferred: None,
         })
     }
 
@@ -156,7 +159,8 @@ impl Task {
 
     /// Runs one hook inside a journal: on success its outputs are returned and its
     /// store changes are kept (dirty, for [`Task::take_changelog`]); on error every
-    /// store change of the call is undone and its forwards are dropped.
+    /// store change of the call is undone and its forwards are dropped. A `process`
+    /// call that deferred leaves its job for [`Task::take_deferred`].
     pub fn run(
         &mut self,
         hook: Hook<'_>,
@@ -165,11 +169,56 @@ impl Task {
         wall_time: i64,
         timestamp: i64,
     ) -> Result<Vec<Output>, ProcessError> {
+        let may_defer = matches!(hook, Hook::Process(_));
+        self.journaled(
+            globals,
+            serde,
+            wall_time,
+            timestamp,
+            may_defer,
+            |p, ctx| match hook {
+                Hook::Init => p.init(ctx),
+                Hook::Process(record) => p.process(record, ctx),
+                Hook::Punctuate(timer) => p.punctuate(timer, ctx),
+            },
+        )
+    }
+
+    /// Runs the continuation of a deferred job, journaled like [`Task::run`], with the
+    /// timestamp of the record whose `process` call deferred it. It may defer again.
+    pub fn resume(
+        &mut self,
+        continuation: Continuation,
+        globals: &GlobalTables,
+        serde: &TopicSerde,
+        wall_time: i64,
+        timestamp: i64,
+    ) -> Result<Vec<Output>, ProcessError> {
+        self.journaled(globals, serde, wall_time, timestamp, true, |_, ctx| {
+            continuation(ctx)
+        })
+    }
+
+    /// The job the last successful call deferred, if it did.
+    pub fn take_deferred(&mut self) -> Option<Deferred> {
+        self.deferred.take()
+    }
+
+    fn journaled(
+        &mut self,
+        globals: &GlobalTables,
+        serde: &TopicSerde,
+        wall_time: i64,
+        timestamp: i64,
+        may_defer: bool,
+        call: impl FnOnce(&mut dyn Processor, &mut Context<'_>) -> Result<(), ProcessError>,
+    ) -> Result<Vec<Output>, ProcessError> {
         for store in self.state.stores.values_mut() {
             store.begin();
         }
+        self.deferred = None;
         let mut outputs = Vec::new();
-        let result = {
+        let (result, deferred) = {
             let mut ctx = Context::new(
                 &self.node,
                 &mut self.state,
@@ -179,17 +228,16 @@ impl Task {
                 wall_time,
                 timestamp,
             );
-            match hook {
-                Hook::Init => self.processor.init(&mut ctx),
-                Hook::Process(record) => self.processor.process(record, &mut ctx),
-                Hook::Punctuate(timer) => self.processor.punctuate(timer, &mut ctx),
-            }
+            ctx.may_defer = may_defer;
+            let result = call(self.processor.as_mut(), &mut ctx);
+            (result, ctx.deferred.take())
         };
         match result {
             Ok(()) => {
                 for store in self.state.stores.values_mut() {
                     store.commit_call();
                 }
+                self.deferred = deferred;
                 Ok(outputs)
             }
             Err(error) => {

@@ -259,3 +259,27 @@ fn processor_config_is_read_from_the_topology() {
     d.pipe("clicks", "ann", &click("ann", "/")).unwrap();
     assert_eq!(counts(&mut d), [("ann".to_string(), 1, false)]);
 }
+
+#[test]
+fn a_deferred_job_ends_before_the_next_record_of_its_task() {
+    let mut d = driver();
+    d.pipe("clicks", "ann", &click("ann", "/slow:20")).unwrap();
+    d.pipe("clicks", "ann", &click("ann", "/")).unwrap();
+    d.pipe("clicks", "ann", &click("ann", "/slow:1")).unwrap();
+    // The continuation's store write is journaled and changelogged like any call's,
+    // and the record after it sees it.
+    assert_eq!(
+        counts(&mut d),
+        [
+            ("ann".to_string(), 1, false),
+            ("ann".to_string(), 2, false),
+            ("ann".to_string(), 3, false),
+        ]
+    );
+    d.restart().unwrap();
+    assert_eq!(d.store("counts").get::<i64>("ann").unwrap(), Some(3));
+    // A bad /slow page fails before deferring: a dead letter, nothing counted.
+    d.pipe("clicks", "ann", &click("ann", "/slow:x")).unwrap();
+    assert_eq!(d.dead_letters("counter").unwrap().len(), 1);
+    assert!(counts(&mut d).is_empty());
+}

@@ -2,7 +2,7 @@
 //! rdkafka. Exactly-once counts come out once each, in order, and carry on from the
 //! restored store after a restart; corrupt records go to the dead-letter topic; a
 //! wall-clock timer set before a stop fires after the restart; at_least_once outputs
-//! carry their id header.
+//! carry their id header; a task waiting on a deferred job holds up only itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -370,4 +370,66 @@ async fn a_topic_with_another_partition_count_stops_the_app() {
         )),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_job_holds_up_only_its_own_task() {
+    use orderflow_runtime::partition::partition_for;
+    let s = setup("exactly_once", "1h");
+    let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    let waiting = users[0].clone();
+    let held = partition_for(waiting.as_bytes(), 3);
+    let others: Vec<String> = users
+        .iter()
+        .filter(|u| partition_for(u.as_bytes(), 3) != held)
+        .cloned()
+        .collect();
+    assert!(!others.is_empty());
+    let running = start(&s);
+    // The waiting user's first click defers until released; its second must wait
+    // behind it, in order; everyone on the other partitions goes on meanwhile.
+    let serde = TopicSerde::register(&s.topology, &s.registry)
+        .await
+        .unwrap();
+    let producer: FutureProducer = client()
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    for (user, page) in [(&waiting, "/wait"), (&waiting, "/")]
+        .into_iter()
+        .chain(others.iter().map(|u| (u, "/")))
+    {
+        let bytes = serde
+            .encode(
+                &s.clicks,
+                &Click {
+                    user: user.clone(),
+                    page: page.into(),
+                },
+            )
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::to(&s.clicks).key(user).payload(&bytes),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let seen = read_until(&s, &s.counts, |seen| {
+        others.iter().all(|u| seen.iter().any(|(k, _, _)| k == u))
+    })
+    .await;
+    let counted = per_user(&seen);
+    for user in &others {
+        assert_eq!(counted.get(user), Some(&vec![1]), "{user}");
+    }
+    assert!(!counted.contains_key(&waiting), "{counted:?}");
+    common::release_waiting();
+    let seen = read_until(&s, &s.counts, |seen| {
+        seen.iter().filter(|(k, _, _)| *k == waiting).count() >= 2
+    })
+    .await;
+    assert_eq!(per_user(&seen).get(&waiting), Some(&vec![1, 2]));
+    running.stop().await;
 }

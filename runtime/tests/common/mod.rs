@@ -2,6 +2,10 @@
 //! user in a store, forwards every new count, closes a user's count after a minute of
 //! wall-clock silence (a wall-clock timer) and marks a session boundary 30 s of stream
 //! time after a user's first click (a stream-time timer).
+//!
+//! Two pages defer the count to an async job, as a processor calling a slow outside
+//! service would: `/slow:<ms>` sleeps that long first, `/wait` waits until a test
+//! calls [`release_waiting`].
 
 #![allow(dead_code)]
 
@@ -10,7 +14,9 @@ pub mod kafka;
 use orderflow_runtime::avro::AvroRecord;
 use orderflow_runtime::processor::{BuildError, ProcessorSpec};
 use orderflow_runtime::timer::Timer;
-use orderflow_runtime::{Catalog, Context, ProcessError, Processor, Record};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use orderflow_runtime::{Catalog, Context, Continuation, ProcessError, Processor, Record};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,22 +91,29 @@ impl Processor for Counter {
         if self.config.ignore.contains(&click.page) {
             return Ok(());
         }
-        let store = ctx.store("counts")?;
-        let count = store.get::<i64>(&click.user)?.unwrap_or(0) + 1;
-        store.put(&click.user, &count)?;
-        if count == 1 {
-            ctx.set_timer("session", &click.user)?;
+        let output = self.config.output.clone();
+        if let Some(ms) = click.page.strip_prefix("/slow:") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| ProcessError::invalid("bad /slow:<ms>"))?;
+            return ctx.defer(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                let continuation: Continuation =
+                    Box::new(move |ctx: &mut Context<'_>| count_click(ctx, &output, &click.user));
+                continuation
+            });
         }
-        ctx.set_timer("idle", &click.user)?;
-        ctx.forward(
-            &self.config.output,
-            &click.user,
-            &Count {
-                user: click.user.clone(),
-                count,
-                closed: false,
-            },
-        )
+        if click.page == "/wait" {
+            return ctx.defer(async move {
+                while !RELEASED.load(Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                let continuation: Continuation =
+                    Box::new(move |ctx: &mut Context<'_>| count_click(ctx, &output, &click.user));
+                continuation
+            });
+        }
+        count_click(ctx, &output, &click.user)
     }
 
     fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
@@ -131,6 +144,33 @@ impl Processor for Counter {
             )
         }
     }
+}
+
+/// Set once: every `/wait` job, running or to come, goes on.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// Lets every `/wait` job end.
+pub fn release_waiting() {
+    RELEASED.store(true, Ordering::SeqCst);
+}
+
+fn count_click(ctx: &mut Context<'_>, output: &str, user: &str) -> Result<(), ProcessError> {
+    let store = ctx.store("counts")?;
+    let count = store.get::<i64>(user)?.unwrap_or(0) + 1;
+    store.put(user, &count)?;
+    if count == 1 {
+        ctx.set_timer("session", user)?;
+    }
+    ctx.set_timer("idle", user)?;
+    ctx.forward(
+        output,
+        user,
+        &Count {
+            user: user.to_string(),
+            count,
+            closed: false,
+        },
+    )
 }
 
 pub fn catalog() -> Catalog {
