@@ -8,12 +8,15 @@
 //!   `edge.replies`.
 //! - [`buyer_relations`]: `buyer-relations`, stateless: PAID `orders.events` →
 //!   `auth.relations`.
+//! - [`payment_gateway`]: the gateways the payment authorizer charges and refunds
+//!   through: the trait, the simulated one, the HTTP one and their `config:` block.
 //! - [`chat_fanout`]: `chat-fanout`: `chat.messages` → `chat.deliveries`, one per room
 //!   participant, with each room's recent history.
 
 pub mod buyer_relations;
 pub mod catalog;
 pub mod chat_fanout;
+pub mod payment_gateway;
 pub mod records;
 pub mod user_cache;
 
