@@ -8,6 +8,8 @@
 //!   `edge.replies`.
 //! - [`buyer_relations`]: `buyer-relations`, stateless: PAID `orders.events` →
 //!   `auth.relations`.
+//! - [`payment_authorizer`]: `payment-authorizer`: `payments.requests` →
+//!   `payments.results` through a payment gateway, each call an async job.
 //! - [`payment_gateway`]: the gateways the payment authorizer charges and refunds
 //!   through: the trait, the simulated one, the HTTP one and their `config:` block.
 //! - [`chat_fanout`]: `chat-fanout`: `chat.messages` → `chat.deliveries`, one per room
@@ -16,6 +18,7 @@
 pub mod buyer_relations;
 pub mod catalog;
 pub mod chat_fanout;
+pub mod payment_authorizer;
 pub mod payment_gateway;
 pub mod records;
 pub mod user_cache;
