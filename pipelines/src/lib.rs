@@ -10,10 +10,13 @@
 //!   `auth.relations`.
 //! - [`chat_fanout`]: `chat-fanout`: `chat.messages` → `chat.deliveries`, one per room
 //!   participant, with each room's recent history.
+//! - [`ids`]: ids derived from the input that creates them (user ids, payment ids),
+//!   so a replay derives the same.
 
 pub mod buyer_relations;
 pub mod catalog;
 pub mod chat_fanout;
+pub mod ids;
 pub mod records;
 pub mod user_cache;
 
