@@ -5,6 +5,7 @@ use orderflow_runtime::Catalog;
 
 use crate::buyer_relations::BuyerRelations;
 use crate::chat_fanout::ChatFanout;
+use crate::order_saga::OrderSaga;
 use crate::user_cache::UserCache;
 
 /// Every processor kind of orderflow.
@@ -13,6 +14,7 @@ pub fn catalog() -> Catalog {
     catalog
         .register("buyer-relations", BuyerRelations::build)
         .register("chat-fanout", ChatFanout::build)
+        .register("order-saga", OrderSaga::build)
         .register("user-cache", UserCache::build);
     catalog
 }

@@ -6,6 +6,9 @@
 //! - [`catalog`](mod@catalog): the processor kinds by name, for topology.yaml.
 //! - [`user_cache`]: `user-cache`, the user table: `auth.commands` → `auth.users` +
 //!   `edge.replies`.
+//! - [`order_saga`]: `order-saga`, each order's state machine: `orders.commands` +
+//!   `payments.results` → `orders.events` + `payments.requests`, validating against
+//!   the `auth.users` global table, with a wall-clock payment timeout.
 //! - [`buyer_relations`]: `buyer-relations`, stateless: PAID `orders.events` →
 //!   `auth.relations`.
 //! - [`chat_fanout`]: `chat-fanout`: `chat.messages` → `chat.deliveries`, one per room
@@ -17,6 +20,7 @@ pub mod buyer_relations;
 pub mod catalog;
 pub mod chat_fanout;
 pub mod ids;
+pub mod order_saga;
 pub mod records;
 pub mod user_cache;
 
