@@ -5,6 +5,7 @@ use orderflow_runtime::Catalog;
 
 use crate::buyer_relations::BuyerRelations;
 use crate::chat_fanout::ChatFanout;
+use crate::order_saga::OrderSaga;
 use crate::payment_authorizer::PaymentAuthorizer;
 use crate::user_cache::UserCache;
 
@@ -14,6 +15,7 @@ pub fn catalog() -> Catalog {
     catalog
         .register("buyer-relations", BuyerRelations::build)
         .register("chat-fanout", ChatFanout::build)
+        .register("order-saga", OrderSaga::build)
         .register("payment-authorizer", PaymentAuthorizer::build)
         .register("user-cache", UserCache::build);
     catalog

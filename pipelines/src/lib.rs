@@ -6,6 +6,9 @@
 //! - [`catalog`](mod@catalog): the processor kinds by name, for topology.yaml.
 //! - [`user_cache`]: `user-cache`, the user table: `auth.commands` → `auth.users` +
 //!   `edge.replies`.
+//! - [`order_saga`]: `order-saga`, each order's state machine: `orders.commands` +
+//!   `payments.results` → `orders.events` + `payments.requests`, validating against
+//!   the `auth.users` global table, with a wall-clock payment timeout.
 //! - [`buyer_relations`]: `buyer-relations`, stateless: PAID `orders.events` →
 //!   `auth.relations`.
 //! - [`payment_authorizer`]: `payment-authorizer`: `payments.requests` →
@@ -14,10 +17,14 @@
 //!   through: the trait, the simulated one, the HTTP one and their `config:` block.
 //! - [`chat_fanout`]: `chat-fanout`: `chat.messages` → `chat.deliveries`, one per room
 //!   participant, with each room's recent history.
+//! - [`ids`]: ids derived from the input that creates them (user ids, payment ids),
+//!   so a replay derives the same.
 
 pub mod buyer_relations;
 pub mod catalog;
 pub mod chat_fanout;
+pub mod ids;
+pub mod order_saga;
 pub mod payment_authorizer;
 pub mod payment_gateway;
 pub mod records;

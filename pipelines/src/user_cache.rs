@@ -52,6 +52,7 @@ use orderflow_runtime::timer::Timer;
 use orderflow_runtime::{Context, ProcessError, Processor, Record};
 use serde::Deserialize;
 
+use crate::ids::derived_uuid;
 use crate::records::{
     AuthCommand, DeleteUser, RegisterUser, Reply, UpdateProfile, User, UserStatus, topics,
 };
@@ -93,48 +94,11 @@ impl UserCache {
     }
 }
 
-/// The id of the user a `RegisterUser` creates: a UUID-formatted string (version 8,
-/// "custom", of RFC 9562) derived from the request id and the email, so a replay of
-/// the command derives the same id and never a second account.
-///
-/// The hash is 128-bit FNV-1a with a final mix, written out here because it must never
-/// change (std's `DefaultHasher` may change between Rust releases). It is not a
-/// security boundary: user ids are not secrets, only unique, and the request id is a
-/// fresh UUID from the edge.
+/// The id of the user a `RegisterUser` creates: a UUID-formatted string derived
+/// ([`derived_uuid`]) from the request id and the email, so a replay of the command
+/// derives the same id and never a second account.
 pub fn user_id_for(request_id: &str, email: &str) -> String {
-    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    const MIX: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
-    let mut hash = OFFSET;
-    let fields: [&[u8]; 4] = [
-        b"orderflow.user-id.v1",
-        &(request_id.len() as u64).to_be_bytes(),
-        request_id.as_bytes(),
-        email.as_bytes(),
-    ];
-    for byte in fields.into_iter().flatten() {
-        hash ^= u128::from(*byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
-    // FNV moves differences only towards the high bits; xor-shifts and odd multipliers
-    // (both invertible, so distinct states stay distinct) spread them over all 128.
-    hash ^= hash >> 64;
-    hash = hash.wrapping_mul(MIX);
-    hash ^= hash >> 67;
-    hash = hash.wrapping_mul(MIX);
-    hash ^= hash >> 64;
-    let mut bytes = hash.to_be_bytes();
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    derived_uuid("orderflow.user-id.v1", &[request_id, email])
 }
 
 /// The `user-requests` key of a request. Request ids hold no control characters
