@@ -351,6 +351,8 @@ struct Shared {
 #[derive(Default)]
 struct RebalanceLog {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Consumer lag by input (topic, partition), from the latest statistics.
+    lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 enum RebalanceEvent {
@@ -358,7 +360,28 @@ enum RebalanceEvent {
     Assigned(Vec<(String, i32)>),
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag per
+    /// partition, read from what the fetcher already knows, so measuring lag never
+    /// sends a request (a watermark query waits behind the long-polling fetch on the
+    /// broker connection).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = BTreeMap::new();
+        for (topic, t) in &statistics.topics {
+            for p in t.partitions.values() {
+                if p.partition >= 0 && p.app_offset >= 0 && p.hi_offset >= 0 {
+                    lags.insert(
+                        (topic.clone(), p.partition),
+                        (p.hi_offset - p.app_offset).max(0),
+                    );
+                }
+            }
+        }
+        if let Ok(mut lag) = self.lag.lock() {
+            *lag = lags;
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -465,7 +488,6 @@ struct Stats {
     records_out: BTreeMap<String, u64>,
     dead_letters: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
-    last_lag: Option<Instant>,
 }
 
 impl StreamThread {
@@ -488,6 +510,7 @@ impl StreamThread {
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range")
             .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000")
             .create_with_context(RebalanceLog::default())
             .map_err(kafka("creating the consumer", CHECK_BROKER))?;
         let topics: Vec<&str> = inputs.into_iter().collect();
@@ -631,9 +654,20 @@ impl StreamThread {
                 }
             }
         }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut restored_logs = self.read_changelogs(&todo)?;
+        let read = started.elapsed();
+        let tasks = todo.len();
+        // The batch was read in one pass: each task is charged an equal share.
+        let share = read.as_secs_f64() / tasks as f64;
+        let mut total = 0;
         for (node, partition) in todo {
-            let started = Instant::now();
-            let mut changelog = self.read_changelogs(&node, partition)?;
+            let mut changelog = restored_logs
+                .remove(&(node.name.clone(), partition))
+                .unwrap_or_default();
             if self.guarantee == Guarantee::AtLeastOnce {
                 let applied = trim_to_marks(&mut changelog);
                 self.applied.insert((node.name.clone(), partition), applied);
@@ -679,89 +713,113 @@ impl StreamThread {
                 "orderflow_restore_seconds_total",
                 "Time spent restoring task state from changelogs.",
                 labels,
-                started.elapsed().as_secs_f64(),
+                share,
             );
-            tracing::info!(
-                processor = %node.name,
-                partition,
-                records = restored,
-                seconds = started.elapsed().as_secs_f64(),
-                "task restored"
-            );
+            tracing::debug!(processor = %node.name, partition, records = restored, "task restored");
+            total += restored;
             self.tasks.insert((node.name.clone(), partition), task);
             self.call(&node.name, partition, Hook::Init, now_ms(), None)?;
         }
+        tracing::info!(
+            tasks,
+            records = total,
+            seconds = read.as_secs_f64(),
+            "tasks restored"
+        );
         Ok(())
     }
 
-    /// Every record of the task's changelog partitions, up to their end, as
-    /// (store, key, value).
+    /// Every record of the changelog partitions of these tasks, up to their end, as
+    /// (store, key, value) per task. One consumer reads them all at once: a restore
+    /// after a rebalance costs about one fetch round, not one per store.
     fn read_changelogs(
         &self,
-        node: &ProcessorNode,
-        partition: i32,
-    ) -> Result<Vec<RestoredEntry>, EngineError> {
+        tasks: &[(Arc<ProcessorNode>, i32)],
+    ) -> Result<BTreeMap<(String, i32), Vec<RestoredEntry>>, EngineError> {
         let topology = &self.shared.topology;
-        let logs: Vec<(String, String)> = node
-            .stores
-            .iter()
-            .filter_map(|s| {
-                topology
-                    .stores
-                    .get(s)
-                    .and_then(|store| store.changelog.clone())
-                    .map(|c| (s.clone(), c))
-            })
-            .collect();
-        let mut out = Vec::new();
-        if logs.is_empty() {
-            return Ok(out);
-        }
+        let mut out: BTreeMap<(String, i32), Vec<RestoredEntry>> = BTreeMap::new();
+        let mut wanted: BTreeMap<(String, i32), Wanted> = BTreeMap::new();
         let consumer: BaseConsumer = client_config(&self.config)
             .set("group.id", format!("{}-restore", topology.app))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "20")
             .create()
             .map_err(kafka("creating the restore consumer", CHECK_BROKER))?;
-        for (store, topic) in logs {
-            let (low, high) = watermarks(&consumer, &topic, partition).map_err(kafka(
-                format!("reading the end of {topic}[{partition}]"),
-                CHECK_BROKER,
-            ))?;
-            if high <= low {
-                continue;
+        let mut tpl = TopicPartitionList::new();
+        for (node, partition) in tasks {
+            for store in &node.stores {
+                let Some(topic) = topology.stores.get(store).and_then(|s| s.changelog.clone())
+                else {
+                    continue;
+                };
+                let (low, high) = watermarks(&consumer, &topic, *partition).map_err(kafka(
+                    format!("reading the end of {topic}[{partition}]"),
+                    CHECK_BROKER,
+                ))?;
+                if high <= low {
+                    continue;
+                }
+                tpl.add_partition_offset(&topic, *partition, Offset::Beginning)
+                    .map_err(kafka("assigning the changelog", ""))?;
+                wanted.insert(
+                    (topic, *partition),
+                    ((node.name.clone(), *partition), store.clone(), high),
+                );
             }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, partition, Offset::Beginning)
-                .map_err(kafka("assigning the changelog", ""))?;
-            consumer.assign(&tpl).map_err(kafka(
-                format!("assigning {topic}[{partition}]"),
-                CHECK_BROKER,
-            ))?;
-            loop {
-                match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let key = m
-                            .key()
-                            .map(|k| String::from_utf8_lossy(k).into_owned())
-                            .unwrap_or_default();
-                        out.push((store.clone(), key, m.payload().map(<[u8]>::to_vec)));
-                        if m.offset() + 1 >= high {
-                            break;
+        }
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(kafka("assigning changelogs", CHECK_BROKER))?;
+        let mut last_check = Instant::now();
+        while !wanted.is_empty() {
+            let done = match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let tp = (m.topic().to_string(), m.partition());
+                    match wanted.get(&tp) {
+                        Some((task, store, high)) => {
+                            let key = m
+                                .key()
+                                .map(|k| String::from_utf8_lossy(k).into_owned())
+                                .unwrap_or_default();
+                            out.entry(task.clone()).or_default().push((
+                                store.clone(),
+                                key,
+                                m.payload().map(<[u8]>::to_vec),
+                            ));
+                            (m.offset() + 1 >= *high).then_some(tp)
                         }
+                        None => None,
                     }
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => tracing::warn!(error = %e, topic, "restore consumer error"),
-                    None => {
-                        // Past aborted records and transaction markers there may be no
-                        // more messages to deliver: the position says where we are.
-                        let position = consumer.position().ok().and_then(|p| {
-                            p.find_partition(&topic, partition)
-                                .and_then(|e| e.offset().to_raw())
-                        });
-                        if position.is_some_and(|p| p >= high) {
-                            break;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => None,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "restore consumer error");
+                    None
+                }
+                None => None,
+            };
+            let idle = done.is_none();
+            if let Some(tp) = done {
+                wanted.remove(&tp);
+            }
+            // Past aborted records and transaction markers there may be nothing more
+            // to deliver (and an end-of-partition event does not name its topic):
+            // the positions say which partitions are read to their end.
+            if idle || last_check.elapsed() >= Duration::from_millis(50) {
+                last_check = Instant::now();
+                if let Ok(positions) = consumer.position() {
+                    for e in positions.elements() {
+                        let tp = (e.topic().to_string(), e.partition());
+                        if let (Some(position), Some((_, _, high))) =
+                            (e.offset().to_raw(), wanted.get(&tp))
+                            && position >= *high
+                        {
+                            wanted.remove(&tp);
                         }
                     }
                 }
@@ -1418,33 +1476,21 @@ impl StreamThread {
                 keys as f64,
             );
         }
-        if self
-            .stats
-            .last_lag
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-        {
-            self.stats.last_lag = Some(Instant::now());
-            if let Ok(positions) = self.consumer.position() {
-                for e in positions.elements() {
-                    let Some(position) = e.offset().to_raw() else {
-                        continue;
-                    };
-                    if let Ok((_, high)) = self.consumer.fetch_watermarks(
-                        e.topic(),
-                        e.partition(),
-                        Duration::from_millis(500),
-                    ) {
-                        metrics.set(
-                            "orderflow_consumer_lag",
-                            "Records in a partition not yet read by this instance.",
-                            vec![
-                                ("topic", e.topic().to_string()),
-                                ("partition", e.partition().to_string()),
-                            ],
-                            (high - position).max(0) as f64,
-                        );
-                    }
-                }
+        let lags = self
+            .consumer
+            .context()
+            .lag
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        for ((topic, partition), lag) in lags {
+            if self.assigned.contains(&(topic.clone(), partition)) {
+                metrics.set(
+                    "orderflow_consumer_lag",
+                    "Records in a partition not yet read by this instance.",
+                    vec![("topic", topic), ("partition", partition.to_string())],
+                    lag as f64,
+                );
             }
         }
     }
@@ -1634,6 +1680,9 @@ impl StreamThread {
         self.create_tasks()
     }
 }
+
+/// A changelog partition a restore still reads: its task, its store, its end offset.
+type Wanted = ((String, i32), String, i64);
 
 /// The changelog key of an at_least_once mark (NUL-prefixed: no store key of a
 /// processor starts so, and restores never hand it to a store).

@@ -433,3 +433,45 @@ async fn a_deferred_job_holds_up_only_its_own_task() {
     assert_eq!(per_user(&seen).get(&waiting), Some(&vec![1, 2]));
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_deferred_jobs_all_finish_in_order() {
+    let s = setup("exactly_once", "1h");
+    let running = start(&s);
+    let serde = TopicSerde::register(&s.topology, &s.registry)
+        .await
+        .unwrap();
+    let producer: FutureProducer = client()
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let users: Vec<String> = (0..9).map(|i| format!("user{i}")).collect();
+    for round in 0..30 {
+        for user in &users {
+            let page = if round % 2 == 0 { "/slow:3" } else { "/" };
+            let bytes = serde
+                .encode(
+                    &s.clicks,
+                    &Click {
+                        user: user.clone(),
+                        page: page.into(),
+                    },
+                )
+                .unwrap();
+            producer
+                .send(
+                    FutureRecord::to(&s.clicks).key(user).payload(&bytes),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let seen = read_until(&s, &s.counts, |seen| seen.len() >= 9 * 30).await;
+    let counted = per_user(&seen);
+    let want: Vec<i64> = (1..=30).collect();
+    for user in &users {
+        assert_eq!(counted.get(user), Some(&want), "{user}");
+    }
+    running.stop().await;
+}
