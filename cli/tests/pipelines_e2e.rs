@@ -334,14 +334,11 @@ impl Seen {
     /// Every order is in its final state: placed ones PAID, or (cancelled or declined)
     /// CANCELLED or REFUNDED, and every charge approved after a cancel refunded.
     fn settled(&self, orders: &[String], cancelled: &BTreeSet<String>) -> bool {
-        orders.iter().all(|order| {
-            let done = match self.last_status(order) {
-                Some(OrderStatus::Paid) => !cancelled.contains(order),
-                Some(OrderStatus::Refunded) => true,
-                Some(OrderStatus::Cancelled) => !self.approved(order) || self.refunded(order),
-                _ => false,
-            };
-            done
+        orders.iter().all(|order| match self.last_status(order) {
+            Some(OrderStatus::Paid) => !cancelled.contains(order),
+            Some(OrderStatus::Refunded) => true,
+            Some(OrderStatus::Cancelled) => !self.approved(order) || self.refunded(order),
+            _ => false,
         })
     }
 }
@@ -433,7 +430,12 @@ async fn audited_run(processing: &str) {
     let mut cancelled: BTreeSet<String> = BTreeSet::new();
     let per_batch = ORDERS / BATCHES;
     for batch in 0..BATCHES {
-        for i in batch * per_batch..(batch + 1) * per_batch {
+        for (i, order_id) in orders
+            .iter()
+            .enumerate()
+            .take((batch + 1) * per_batch)
+            .skip(batch * per_batch)
+        {
             let items = (0..1 + dice.next(3))
                 .map(|k| OrderItem {
                     product_id: format!("product-{k}"),
@@ -443,7 +445,7 @@ async fn audited_run(processing: &str) {
                 .collect();
             let order = PlaceOrder {
                 request_id: format!("place-{i}"),
-                order_id: orders[i].clone(),
+                order_id: order_id.clone(),
                 buyer_id: buyers[dice.next(BUYERS)].clone(),
                 seller_id: sellers[dice.next(SELLERS)].clone(),
                 items,
@@ -451,7 +453,7 @@ async fn audited_run(processing: &str) {
                 placed_at: 1_700_000_000_000 + i as i64,
             };
             let command = OrderCommand::PlaceOrder(order.clone());
-            send(&producer, &serde, "orders.commands", &orders[i], &command).await;
+            send(&producer, &serde, "orders.commands", order_id, &command).await;
             if i % 40 == 7 {
                 // Cancelled at once: most likely before the payment's answer, so
                 // CANCELLED, and the approval that follows is refunded.
