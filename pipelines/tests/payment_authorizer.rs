@@ -14,7 +14,8 @@ use std::path::Path;
 use gateway_server::GatewayServer;
 use orderflow_pipelines::catalog;
 use orderflow_pipelines::records::{
-    PaymentCommand, PaymentOutcome, PaymentRequested, PaymentResult, RefundRequested, topics,
+    OrderCommand, OrderEvent, OrderItem, OrderStatus, PaymentCommand, PaymentOutcome,
+    PaymentRequested, PaymentResult, PlaceOrder, RefundRequested, Role, User, UserStatus, topics,
 };
 use orderflow_runtime::TestDriver;
 use orderflow_runtime::driver::dlq_headers;
@@ -219,4 +220,53 @@ fn a_gateway_that_refuses_our_credentials_stops_the_instance() {
     assert!(error.contains("401"), "{error}");
     assert!(results(&mut d).is_empty());
     assert!(d.dead_letters(AUTHORIZER).unwrap().is_empty());
+}
+
+#[test]
+fn with_the_saga_an_order_is_paid_or_declined_through_the_gateway() {
+    // The whole topology.yaml: the saga asks, the authorizer answers, the saga decides.
+    let mut d = driver(&[]);
+    for (id, role) in [("b1", Role::Buyer), ("s1", Role::Seller)] {
+        let user = User {
+            id: id.into(),
+            email: format!("{id}@example.com"),
+            role,
+            display_name: id.into(),
+            status: UserStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+            password_hash: "x".into(),
+        };
+        d.pipe(topics::AUTH_USERS, id, &user).unwrap();
+    }
+    for (order, unit_price) in [("cheap", 1_000), ("dear", 200_000_000)] {
+        let place = OrderCommand::PlaceOrder(PlaceOrder {
+            request_id: format!("r-{order}"),
+            order_id: order.into(),
+            buyer_id: "b1".into(),
+            seller_id: "s1".into(),
+            items: vec![OrderItem {
+                product_id: "p".into(),
+                quantity: 1,
+                unit_price,
+            }],
+            currency: "EUR".into(),
+            placed_at: 0,
+        });
+        d.pipe(topics::ORDERS_COMMANDS, order, &place).unwrap();
+    }
+    let last: std::collections::BTreeMap<String, (OrderStatus, Option<String>, i64)> = d
+        .records::<OrderEvent>(topics::ORDERS_EVENTS)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let e = r.value.unwrap();
+            (e.order_id, (e.status, e.reason, e.version))
+        })
+        .collect();
+    assert_eq!(last["cheap"], (OrderStatus::Paid, None, 2));
+    assert_eq!(
+        last["dear"],
+        (OrderStatus::Cancelled, Some("PAYMENT_DECLINED".into()), 2)
+    );
 }
