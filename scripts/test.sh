@@ -47,8 +47,11 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
   echo "test.sh: Apache Kafka at $KAFKA_BROKERS" >&2
 fi
 log="$(mktemp)"
-cargo test --workspace --locked 2>&1 | tee "$log"
+# Every test binary runs even when one fails, so a failure never hides another.
+status=0
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary, the last of
 # which is often an empty doc-test run).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
 rm -f "$log"
+exit "$status"
