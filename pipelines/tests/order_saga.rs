@@ -5,6 +5,9 @@
 //! dead letters for what cannot be applied, the currencies config, and a crash
 //! restored from the changelogs.
 
+#[path = "common/saga_topology.rs"]
+mod saga_topology;
+
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -19,6 +22,7 @@ use orderflow_pipelines::records::{
 };
 use orderflow_runtime::TestDriver;
 use orderflow_runtime::driver::{START_WALL_TIME, dlq_headers};
+use saga_topology::saga_driver;
 
 const SAGA: &str = "order-saga";
 const T0: i64 = START_WALL_TIME;
@@ -64,18 +68,6 @@ fn driver() -> Result<TestDriver> {
     let mut driver = saga_driver(&std::fs::read_to_string(topology_path())?)?;
     seed(&mut driver)?;
     Ok(driver)
-}
-
-/// A topology file's text, run without its payment authorizer: these tests answer
-/// the saga's payment requests themselves (the authorizer has tests of its own).
-fn saga_driver(text: &str) -> Result<TestDriver> {
-    let base = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let env = |var: &str| std::env::var(var).ok();
-    let mut topology =
-        orderflow_runtime::topology::load_str(text, "topology.yaml", base, &env, &catalog())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    topology.processors.remove("payment-authorizer");
-    Ok(TestDriver::new(topology, &catalog())?)
 }
 
 /// The payment timeout as topology.yaml sets it (30s unless the environment says).

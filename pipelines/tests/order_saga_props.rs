@@ -22,10 +22,12 @@
 //! `PROPTEST_CASES` sets the number of cases (default 128, a few seconds).
 
 use std::collections::BTreeMap;
+#[path = "common/saga_topology.rs"]
+mod saga_topology;
+
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use orderflow_pipelines::catalog;
 use orderflow_pipelines::order_saga::{
     Charge, ORDERS_STORE, OrderState, PAYMENT_TIMEOUT_TIMER, Phase, payment_id_for, reasons,
 };
@@ -37,6 +39,7 @@ use orderflow_runtime::TestDriver;
 use orderflow_runtime::driver::dlq_headers;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use saga_topology::saga_driver;
 
 const SAGA: &str = "order-saga";
 const ORDERS: [&str; 3] = ["o1", "o2", "o3"];
@@ -181,14 +184,10 @@ struct Run {
 impl Run {
     fn new() -> Result<Self> {
         // The real topology without its payment authorizer: this test plays it.
-        let base = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        let text = std::fs::read_to_string(base.join("topology.yaml"))?;
-        let env = |var: &str| std::env::var(var).ok();
-        let mut topology =
-            orderflow_runtime::topology::load_str(&text, "topology.yaml", base, &env, &catalog())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        topology.processors.remove("payment-authorizer");
-        let mut driver = TestDriver::new(topology, &catalog())?;
+        let mut driver = saga_driver(&std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../topology.yaml"
+        ))?)?;
         for u in [user(BUYER, Role::Buyer), user(SELLER, Role::Seller)] {
             driver.pipe(topics::AUTH_USERS, &u.id.clone(), &u)?;
         }

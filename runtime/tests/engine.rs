@@ -113,6 +113,12 @@ fn start(s: &Setup) -> Running {
 }
 
 async fn produce_clicks(s: &Setup, users: &[String]) {
+    let clicks: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), "/")).collect();
+    produce_pages(s, &clicks).await;
+}
+
+/// Produces one click per (user, page), in order.
+async fn produce_pages(s: &Setup, clicks: &[(&str, &str)]) {
     let serde = TopicSerde::register(&s.topology, &s.registry)
         .await
         .unwrap();
@@ -120,19 +126,19 @@ async fn produce_clicks(s: &Setup, users: &[String]) {
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
-    for user in users {
+    for (user, page) in clicks {
         let bytes = serde
             .encode(
                 &s.clicks,
                 &Click {
-                    user: user.clone(),
-                    page: "/".into(),
+                    user: user.to_string(),
+                    page: page.to_string(),
                 },
             )
             .unwrap();
         producer
             .send(
-                FutureRecord::to(&s.clicks).key(user).payload(&bytes),
+                FutureRecord::to(&s.clicks).key(*user).payload(&bytes),
                 Duration::from_secs(30),
             )
             .await
@@ -388,34 +394,11 @@ async fn a_deferred_job_holds_up_only_its_own_task() {
     let running = start(&s);
     // The waiting user's first click defers until released; its second must wait
     // behind it, in order; everyone on the other partitions goes on meanwhile.
-    let serde = TopicSerde::register(&s.topology, &s.registry)
-        .await
-        .unwrap();
-    let producer: FutureProducer = client()
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
-    for (user, page) in [(&waiting, "/wait"), (&waiting, "/")]
+    let clicks: Vec<(&str, &str)> = [(waiting.as_str(), "/wait"), (waiting.as_str(), "/")]
         .into_iter()
-        .chain(others.iter().map(|u| (u, "/")))
-    {
-        let bytes = serde
-            .encode(
-                &s.clicks,
-                &Click {
-                    user: user.clone(),
-                    page: page.into(),
-                },
-            )
-            .unwrap();
-        producer
-            .send(
-                FutureRecord::to(&s.clicks).key(user).payload(&bytes),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-    }
+        .chain(others.iter().map(|u| (u.as_str(), "/")))
+        .collect();
+    produce_pages(&s, &clicks).await;
     let seen = read_until(&s, &s.counts, |seen| {
         others.iter().all(|u| seen.iter().any(|(k, _, _)| k == u))
     })
@@ -438,35 +421,14 @@ async fn a_deferred_job_holds_up_only_its_own_task() {
 async fn many_deferred_jobs_all_finish_in_order() {
     let s = setup("exactly_once", "1h");
     let running = start(&s);
-    let serde = TopicSerde::register(&s.topology, &s.registry)
-        .await
-        .unwrap();
-    let producer: FutureProducer = client()
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
     let users: Vec<String> = (0..9).map(|i| format!("user{i}")).collect();
-    for round in 0..30 {
-        for user in &users {
+    let clicks: Vec<(&str, &str)> = (0..30)
+        .flat_map(|round| {
             let page = if round % 2 == 0 { "/slow:3" } else { "/" };
-            let bytes = serde
-                .encode(
-                    &s.clicks,
-                    &Click {
-                        user: user.clone(),
-                        page: page.into(),
-                    },
-                )
-                .unwrap();
-            producer
-                .send(
-                    FutureRecord::to(&s.clicks).key(user).payload(&bytes),
-                    Duration::from_secs(30),
-                )
-                .await
-                .unwrap();
-        }
-    }
+            users.iter().map(move |u| (u.as_str(), page))
+        })
+        .collect();
+    produce_pages(&s, &clicks).await;
     let seen = read_until(&s, &s.counts, |seen| seen.len() >= 9 * 30).await;
     let counted = per_user(&seen);
     let want: Vec<i64> = (1..=30).collect();
