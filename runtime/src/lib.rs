@@ -23,6 +23,12 @@
 //! - [`dead_letter`]: the headers of a dead-letter record.
 //! - [`metrics`]: counters, gauges and histograms in the Prometheus text format.
 //! - [`partition`]: the Java client's murmur2 partitioner.
+//! - [`reader`]: topic readers for the edges: every partition, from the beginning
+//!   (a table) or the end (a live stream), with a caught-up signal.
+//! - [`publish`]: an idempotent producer of Avro records for the edges and
+//!   `orderflow produce`.
+//! - [`sink`]: sinks: a consumer group writing batches into a database or cache,
+//!   committing after each write, dead-lettering what cannot be written.
 //! - [`driver`]: the in-process test driver.
 
 pub mod avro;
@@ -34,7 +40,10 @@ pub mod engine;
 pub mod metrics;
 pub mod partition;
 pub mod processor;
+pub mod publish;
+pub mod reader;
 pub mod registry;
+pub mod sink;
 pub mod store;
 pub mod task;
 pub mod timer;

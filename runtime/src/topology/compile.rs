@@ -121,9 +121,9 @@ pub enum TopicRole {
         /// The store.
         store: String,
     },
-    /// The dead-letter topic of a processor.
+    /// The dead-letter topic of a processor or a sink.
     DeadLetter {
-        /// The processor.
+        /// The processor or sink.
         processor: String,
     },
 }
@@ -203,6 +203,8 @@ pub struct Sink {
     pub kind: SinkKind,
     /// Topics it reads.
     pub inputs: Vec<String>,
+    /// Where a record it cannot write goes: `<app>-<sink>-dlq`.
+    pub dead_letter: String,
     /// Its `config:` block.
     pub config: Option<Node>,
 }
@@ -488,7 +490,31 @@ impl Compiler<'_> {
         }
 
         let edges = self.edges(&config, &topics);
-        let sinks = self.sinks(&config, &topics);
+        let sinks = self.sinks(&config, &topics, &app);
+        for sink in sinks.values() {
+            if topics.contains_key(&sink.dead_letter) {
+                self.error_at_key(
+                    &["sinks", &sink.name],
+                    format!(
+                        "sink {:?} needs the topic {:?} for its dead letters, but that name is already taken",
+                        sink.name, sink.dead_letter
+                    ),
+                );
+                continue;
+            }
+            topics.insert(
+                sink.dead_letter.clone(),
+                Topic {
+                    name: sink.dead_letter.clone(),
+                    partitions: 1,
+                    cleanup: Cleanup::Delete,
+                    role: TopicRole::DeadLetter {
+                        processor: sink.name.clone(),
+                    },
+                    schema: None,
+                },
+            );
+        }
 
         Topology {
             app,
@@ -920,6 +946,7 @@ impl Compiler<'_> {
         &mut self,
         config: &TopologyConfig,
         topics: &BTreeMap<String, Topic>,
+        app: &str,
     ) -> BTreeMap<String, Sink> {
         let mut sinks = BTreeMap::new();
         for (name, s) in &config.sinks {
@@ -946,6 +973,7 @@ impl Compiler<'_> {
                     name: name.clone(),
                     kind: s.kind,
                     inputs: s.inputs.clone(),
+                    dead_letter: Topology::dead_letter_topic(app, name),
                     config: self.root.get_path(&["sinks", name, "config"]).cloned(),
                 },
             );
