@@ -1,2 +1,9 @@
 //! orderflow's edges and sinks: the HTTP edge (axum, JWT), the WebSocket chat edge,
 //! the SQL sink (sqlx) and the Redis cache.
+//!
+//! - [`streams`]: what the edges read and write: the publisher, replies, orders,
+//!   the user directory, chat deliveries and history, and readiness.
+//! - [`directory`]: the user table and buyer relations as the edges read them.
+
+pub mod directory;
+pub mod streams;
