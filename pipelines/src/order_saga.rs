@@ -68,6 +68,15 @@
 //!   id is still remembered).
 //! - The timer firing for an order no longer awaiting payment.
 //!
+//! # A result before its order
+//!
+//! Under at_least_once the authorizer may answer a `PaymentRequested` the saga sent
+//! before a crash, and the saga may read that answer before the replay of the
+//! `PlaceOrder` that asked for it. Such a result, for an order id the saga does not
+//! know yet and naming the payment id that order id derives, is parked in `orders`
+//! (under a key no order id can have) and applied right after the order is placed;
+//! the `payment-timeout` timer drops it if the order never comes.
+//!
 //! # Dead letters
 //!
 //! What the saga cannot apply is a [`ProcessError::Invalid`]: the record goes to the
@@ -81,8 +90,9 @@
 //!   not reused.
 //! - A `CancelOrder` of an unknown order, or by anyone but the order's buyer (the HTTP
 //!   edge only lets the buyer cancel, so anything else is a forged or broken record).
-//! - A `PaymentResult` for an unknown order or with another payment id than the
-//!   order's; any result for a REJECTED order (no payment was asked for).
+//! - A `PaymentResult` with another payment id than the order's (for an unknown
+//!   order: than the one its order id derives); any result for a REJECTED order (no
+//!   payment was asked for).
 //! - A `PaymentResult` that contradicts what the order knows: `DECLINED` after the
 //!   payment was `APPROVED` (the gateway refusing a refund looks like this; the refund
 //!   stays pending for an operator), `APPROVED` after it was `DECLINED`, and
@@ -495,6 +505,60 @@ fn load(ctx: &mut Context<'_>, order_id: &str) -> Result<Option<OrderState>, Pro
     ctx.store(ORDERS_STORE)?.get::<OrderState>(order_id)
 }
 
+/// The `orders` store key of the payment results parked for an order not placed yet.
+/// A placed order id has no control characters (see `place`), so this never names
+/// an order.
+fn parked_key(order_id: &str) -> String {
+    format!("\u{0}parked\u{0}{order_id}")
+}
+
+/// Keeps a result that came before its order: under at_least_once, after a crash,
+/// the authorizer's answer to the saga's first run can be read before the replay of
+/// the `PlaceOrder` that asked for it. Only a result naming the payment id the order
+/// id derives is kept (anything else cannot be an answer to this saga); the
+/// `payment-timeout` timer drops it if the order never comes.
+fn park(ctx: &mut Context<'_>, result: &PaymentResult) -> Result<(), ProcessError> {
+    if result.payment_id != payment_id_for(&result.order_id) {
+        return Err(ProcessError::invalid(format!(
+            "PaymentResult for unknown order {:?} names payment {:?}, which is not that order's",
+            result.order_id, result.payment_id
+        )));
+    }
+    let key = parked_key(&result.order_id);
+    let store = ctx.store(ORDERS_STORE)?;
+    let mut parked: Vec<PaymentResult> = store.get(&key)?.unwrap_or_default();
+    if parked.iter().any(|p| p.outcome == result.outcome) {
+        return Ok(());
+    }
+    parked.push(result.clone());
+    store.put(&key, &parked)?;
+    tracing::info!(order_id = %result.order_id, outcome = ?result.outcome, "payment result parked until its order is placed");
+    ctx.set_timer(PAYMENT_TIMEOUT_TIMER, &result.order_id)?;
+    Ok(())
+}
+
+/// Applies the results parked for a just-placed order, in the order they came. One
+/// that contradicts the order is dropped with a warning: it was an answer to a run
+/// of the saga whose outcome the replay did not repeat.
+fn apply_parked(ctx: &mut Context<'_>, state: &mut OrderState) -> Result<(), ProcessError> {
+    let key = parked_key(&state.order_id);
+    let Some(parked) = ctx.store(ORDERS_STORE)?.get::<Vec<PaymentResult>>(&key)? else {
+        return Ok(());
+    };
+    ctx.store(ORDERS_STORE)?.delete(&key);
+    for result in parked {
+        let before = state.clone();
+        match state.on_result(result.outcome) {
+            Ok(effects) => apply(ctx, Some(&before), state, &effects, None)?,
+            Err(e) => {
+                *state = before;
+                tracing::warn!(order_id = %state.order_id, error = %e, "a parked payment result is dropped");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn unknown_order(order_id: &str, what: &str) -> ProcessError {
     ProcessError::invalid(format!("{what} for unknown order {order_id:?}"))
 }
@@ -599,6 +663,12 @@ impl OrderSaga {
     ) -> Result<(), ProcessError> {
         check_key(record, &place.order_id, "PlaceOrder")?;
         check_request_id(&place.request_id)?;
+        if place.order_id.is_empty() || place.order_id.chars().any(char::is_control) {
+            return Err(ProcessError::invalid(format!(
+                "order id {:?} is empty or has control characters",
+                place.order_id
+            )));
+        }
         if let Some(existing) = load(ctx, &place.order_id)? {
             if existing.request_ids.contains(&place.request_id) {
                 tracing::debug!(order_id = %place.order_id, request_id = %place.request_id, "repeated PlaceOrder ignored");
@@ -641,7 +711,8 @@ impl OrderSaga {
             version: 0,
             request_ids: BTreeSet::from([place.request_id.clone()]),
         };
-        apply(ctx, None, &mut state, &effects, Some(&place.request_id))
+        apply(ctx, None, &mut state, &effects, Some(&place.request_id))?;
+        apply_parked(ctx, &mut state)
     }
 
     fn cancel(
@@ -683,8 +754,9 @@ impl OrderSaga {
         ctx: &mut Context<'_>,
     ) -> Result<(), ProcessError> {
         check_key(record, &result.order_id, "PaymentResult")?;
-        let mut state = load(ctx, &result.order_id)?
-            .ok_or_else(|| unknown_order(&result.order_id, "PaymentResult"))?;
+        let Some(mut state) = load(ctx, &result.order_id)? else {
+            return park(ctx, result);
+        };
         if result.payment_id != state.payment_id {
             return Err(ProcessError::invalid(format!(
                 "PaymentResult for order {:?} names payment {:?}, not the order's {:?}",
@@ -724,7 +796,12 @@ impl Processor for OrderSaga {
             return Ok(());
         }
         let Some(mut state) = load(ctx, &timer.key)? else {
-            tracing::debug!(order_id = %timer.key, "payment timeout for an unknown order ignored");
+            let parked = parked_key(&timer.key);
+            if ctx.store(ORDERS_STORE)?.delete(&parked) {
+                tracing::warn!(order_id = %timer.key, "payment results parked for an order that was never placed are dropped after the payment timeout");
+            } else {
+                tracing::debug!(order_id = %timer.key, "payment timeout for an unknown order ignored");
+            }
             return Ok(());
         };
         let before = state.clone();

@@ -842,7 +842,8 @@ fn a_result_for_another_payment_is_a_dead_letter() -> Result<()> {
 
     let wrong = result_for("o1", &payment_id_for("o2"), PaymentOutcome::Approved);
     driver.pipe(topics::PAYMENTS_RESULTS, "o1", &wrong)?;
-    let unknown = result_for("o9", &payment_id_for("o9"), PaymentOutcome::Approved);
+    // For an order the saga does not know, naming a payment that is not that order's.
+    let unknown = result_for("o9", &payment_id_for("o8"), PaymentOutcome::Approved);
     driver.pipe(topics::PAYMENTS_RESULTS, "o9", &unknown)?;
     // A refund nobody asked for.
     answer(&mut driver, "o1", PaymentOutcome::Refunded)?;
@@ -1004,5 +1005,53 @@ fn the_state_survives_a_restart() -> Result<()> {
         ("o3", OrderStatus::Refunded, 3)
     );
     assert!(dead_errors(&driver)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_result_that_comes_before_its_order_is_applied_when_the_order_comes() -> Result<()> {
+    // Under at_least_once, after a crash, the answer to the first run's payment
+    // request can be read before the replay of the PlaceOrder that asked for it.
+    let mut driver = driver()?;
+    answer(&mut driver, "o1", PaymentOutcome::Approved)?;
+    answer(&mut driver, "o1", PaymentOutcome::Approved)?;
+    assert!(events(&mut driver)?.is_empty());
+    assert!(dead_errors(&driver)?.is_empty(), "parked, not dead");
+
+    send(&mut driver, &place("r1", "o1"))?;
+    let seen = events(&mut driver)?;
+    let statuses: Vec<OrderStatus> = seen.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [OrderStatus::Ordered, OrderStatus::Paid]);
+    assert_eq!(seen[1].version, 2);
+    assert_eq!(state(&driver, "o1")?.phase, Phase::Paid);
+    // Nothing is left parked: the store holds the order alone.
+    assert_eq!(driver.store(ORDERS_STORE).len(), 1);
+    assert_eq!(
+        driver.pending_timers(SAGA),
+        0,
+        "no payment timeout for a paid order"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_parked_result_whose_order_never_comes_is_dropped_at_the_timeout() -> Result<()> {
+    let mut driver = driver()?;
+    answer(&mut driver, "o1", PaymentOutcome::Declined)?;
+    assert_eq!(driver.store(ORDERS_STORE).len(), 1, "parked");
+    let after = timeout(&driver) + Duration::from_millis(1);
+    driver.advance_wall_clock(after)?;
+    assert_eq!(driver.store(ORDERS_STORE).len(), 0, "dropped");
+    assert!(events(&mut driver)?.is_empty());
+    assert!(dead_errors(&driver)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_order_id_with_control_characters_is_a_dead_letter() -> Result<()> {
+    let mut driver = driver()?;
+    send(&mut driver, &place("r1", "o\u{0}1"))?;
+    assert!(events(&mut driver)?.is_empty());
+    assert!(dead_errors(&driver)?[0].contains("control characters"));
     Ok(())
 }

@@ -112,7 +112,7 @@ pub enum ReaderError {
         /// What was being done.
         context: String,
         /// What librdkafka said.
-        error: KafkaError,
+        error: Box<KafkaError>,
     },
     /// A topic does not exist on the cluster.
     #[error(
@@ -159,7 +159,7 @@ impl TopicReader {
             move |error| ReaderError::Kafka {
                 name,
                 context,
-                error,
+                error: Box::new(error),
             }
         };
         let mut client = ClientConfig::new();
@@ -256,10 +256,10 @@ impl TopicReader {
                         last_check = Instant::now();
                         if let Ok(position) = consumer.position() {
                             pending_ends.retain(|(t, p, high)| {
-                                !position
+                                position
                                     .find_partition(t, *p)
                                     .and_then(|e| e.offset().to_raw())
-                                    .is_some_and(|o| o >= *high)
+                                    .is_none_or(|o| o < *high)
                             });
                         }
                         if pending_ends.is_empty() {
