@@ -70,6 +70,58 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
     },
+    /// Publish JSON lines from stdin to a topic, Avro on the wire. Each line is
+    /// `{"key": "...", "value": {...}}` (`value: null` is a tombstone; what
+    /// `orderflow consume` prints is accepted as it is). A topic carrying several
+    /// record types takes `{"RecordName": {...}}` or the bare record.
+    Produce {
+        /// The topic (one of topology.yaml's).
+        topic: String,
+        /// The topology file (for the topic's schema).
+        #[arg(
+            long,
+            short,
+            default_value = "topology.yaml",
+            env = "ORDERFLOW_TOPOLOGY"
+        )]
+        file: PathBuf,
+        /// The Kafka cluster.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// The schema registry (Confluent-compatible).
+        #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+        registry: String,
+    },
+    /// Print a topic's records as JSON lines: topic, partition, offset, timestamp,
+    /// key and value (or `error` for a record that does not decode).
+    Consume {
+        /// The topic (one of topology.yaml's).
+        topic: String,
+        /// The topology file (for the topic's schema).
+        #[arg(
+            long,
+            short,
+            default_value = "topology.yaml",
+            env = "ORDERFLOW_TOPOLOGY"
+        )]
+        file: PathBuf,
+        /// The Kafka cluster.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// The schema registry (Confluent-compatible).
+        #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+        registry: String,
+        /// Start at the beginning of the topic, or at its end (only new records).
+        #[arg(long, default_value = "beginning", value_parser = ["beginning", "end"])]
+        from: String,
+        /// Keep reading new records until Ctrl-C (default: stop at the end the
+        /// topic had at start).
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<usize>,
+    },
     /// Validate or describe topology.yaml.
     Topology {
         #[command(subcommand)]
@@ -126,6 +178,25 @@ fn main() -> ExitCode {
             kafka_config,
         } => run_command(file, processors, brokers, registry, metrics, kafka_config),
         Command::Broker { data, listen } => broker_command(data, listen),
+        Command::Produce {
+            topic,
+            file,
+            brokers,
+            registry,
+        } => io_command("produce", || {
+            produce_command(topic, file, brokers, registry)
+        }),
+        Command::Consume {
+            topic,
+            file,
+            brokers,
+            registry,
+            from,
+            follow,
+            max,
+        } => io_command("consume", || {
+            consume_command(topic, file, brokers, registry, from == "end", follow, max)
+        }),
         Command::Registry {
             listen,
             topic,
@@ -413,4 +484,231 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminated => {}
     }
+}
+
+/// Runs `produce` or `consume` on a runtime of its own; an error is printed as
+/// `orderflow NAME: ...` and fails the command.
+fn io_command<F, Fut>(name: &str, body: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("orderflow {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The topology, the registry client and the serde of a produce/consume run, and
+/// the topic's schema.
+async fn topic_io(
+    topic: &str,
+    file: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<(
+    std::sync::Arc<orderflow_runtime::registry::RegistryClient>,
+    std::sync::Arc<orderflow_runtime::wire::TopicSerde>,
+    std::sync::Arc<apache_avro::Schema>,
+)> {
+    use anyhow::Context as _;
+    let topology = topology::load(file, &orderflow_pipelines::catalog())
+        .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let declared = topology
+        .topics
+        .get(topic)
+        .with_context(|| format!("{topic} is not a topic of {}", file.display()))?;
+    if declared.schema.is_none() {
+        anyhow::bail!(
+            "{topic} has no value schema in {} (changelog and dead-letter topics hold raw bytes)",
+            file.display()
+        );
+    }
+    let registry = std::sync::Arc::new(
+        orderflow_runtime::registry::RegistryClient::remote(registry)
+            .with_context(|| format!("schema registry {registry}"))?,
+    );
+    let serde = std::sync::Arc::new(
+        orderflow_runtime::wire::TopicSerde::register(&topology, &registry).await?,
+    );
+    let schema = serde
+        .topic(topic)
+        .map(|t| t.schema.clone())
+        .with_context(|| format!("{topic} has no registered schema"))?;
+    Ok((registry, serde, schema))
+}
+
+async fn produce_command(
+    topic: String,
+    file: PathBuf,
+    brokers: String,
+    registry: String,
+) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead as _;
+    let (_registry, serde, schema) = topic_io(&topic, &file, &registry).await?;
+    let publisher = orderflow_runtime::publish::Publisher::new(&brokers, &[], serde)?;
+    let mut sends = tokio::task::JoinSet::new();
+    let mut bad = 0usize;
+    let mut lines = 0usize;
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        lines += 1;
+        let parsed = parse_line(&line, &schema);
+        let (key, value) = match parsed {
+            Ok(kv) => kv,
+            Err(message) => {
+                eprintln!("stdin:{}: {message}", number + 1);
+                bad += 1;
+                continue;
+            }
+        };
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        sends.spawn(async move {
+            let sent = match value {
+                Some(value) => publisher.publish_value(&topic, &key, value).await,
+                None => publisher.publish_bytes(&topic, &key, None, &[]).await,
+            };
+            sent.map_err(|e| format!("stdin:{}: {e}", number + 1))
+        });
+        // Bounded in flight: the producer batches, the memory stays small.
+        while sends.len() >= 1000 {
+            if let Some(done) = sends.join_next().await {
+                if let Err(e) = done? {
+                    eprintln!("{e}");
+                    bad += 1;
+                }
+            }
+        }
+    }
+    while let Some(done) = sends.join_next().await {
+        if let Err(e) = done? {
+            eprintln!("{e}");
+            bad += 1;
+        }
+    }
+    eprintln!("produced {} of {lines} records to {topic}", lines - bad);
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A line of `produce`: its key and value (`None`: a tombstone), or why not.
+fn parse_line(
+    line: &str,
+    schema: &apache_avro::Schema,
+) -> Result<(String, Option<apache_avro::types::Value>), String> {
+    let json: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let serde_json::Value::Object(map) = json else {
+        return Err("expected an object {\"key\": ..., \"value\": ...}".into());
+    };
+    let key = match map.get("key") {
+        Some(serde_json::Value::String(k)) => k.clone(),
+        Some(other) => return Err(format!("key must be a string, not {other}")),
+        None => {
+            return Err("missing \"key\" (records are keyed: see DESIGN.md's topic table)".into());
+        }
+    };
+    match map.get("value") {
+        None => Err("missing \"value\" (null for a tombstone)".into()),
+        Some(serde_json::Value::Null) => Ok((key, None)),
+        Some(value) => orderflow_runtime::json::to_avro(schema, value)
+            .map(|v| (key, Some(v)))
+            .map_err(|e| format!("value: {e}")),
+    }
+}
+
+async fn consume_command(
+    topic: String,
+    file: PathBuf,
+    brokers: String,
+    registry: String,
+    from_end: bool,
+    follow: bool,
+    max: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    use orderflow_runtime::reader::{RawRecord, ReadTopic, ReaderConfig, TopicReader};
+    let (registry, serde, schema) = topic_io(&topic, &file, &registry).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<RawRecord>>();
+    let read = if from_end {
+        ReadTopic::live(&topic)
+    } else {
+        ReadTopic::table(&topic)
+    };
+    let name = format!("consume-{}-{}", std::process::id(), now_ms());
+    let reader = TopicReader::spawn(&ReaderConfig::new(&brokers, name), &[read], move |batch| {
+        let _ = tx.send(batch);
+    })?;
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    'reading: loop {
+        let batch = tokio::select! {
+            () = &mut shutdown => break,
+            batch = rx.recv() => batch,
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => None,
+        };
+        if let Some(batch) = batch {
+            for record in batch {
+                let value = match &record.value {
+                    None => Ok(serde_json::Value::Null),
+                    Some(bytes) => serde
+                        .decode_with(
+                            &registry,
+                            &record.topic,
+                            record.partition,
+                            record.offset,
+                            bytes,
+                        )
+                        .await
+                        .map(|v| orderflow_runtime::json::from_avro(&schema, &v))
+                        .map_err(|e| e.to_string()),
+                };
+                let mut line = serde_json::json!({
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "timestamp": record.timestamp,
+                    "key": record.key,
+                });
+                match value {
+                    Ok(v) => line["value"] = v,
+                    Err(e) => line["error"] = serde_json::Value::String(e),
+                }
+                writeln!(stdout, "{line}")?;
+                printed += 1;
+                if max.is_some_and(|m| printed >= m) {
+                    break 'reading;
+                }
+            }
+            stdout.flush()?;
+        } else if !follow && reader.is_caught_up() && rx.is_empty() {
+            break;
+        }
+    }
+    stdout.flush()?;
+    drop(reader);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }

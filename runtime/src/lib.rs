@@ -23,6 +23,8 @@
 //! - [`dead_letter`]: the headers of a dead-letter record.
 //! - [`metrics`]: counters, gauges and histograms in the Prometheus text format.
 //! - [`partition`]: the Java client's murmur2 partitioner.
+//! - [`json`]: JSON lines and Avro values of a topic's schema, both ways (`orderflow
+//!   produce` / `consume`).
 //! - [`reader`]: topic readers for the edges: every partition, from the beginning
 //!   (a table) or the end (a live stream), with a caught-up signal.
 //! - [`publish`]: an idempotent producer of Avro records for the edges and
@@ -37,6 +39,7 @@ pub mod context;
 pub mod dead_letter;
 pub mod driver;
 pub mod engine;
+pub mod json;
 pub mod metrics;
 pub mod partition;
 pub mod processor;
