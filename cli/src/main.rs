@@ -584,11 +584,11 @@ async fn produce_command(
         });
         // Bounded in flight: the producer batches, the memory stays small.
         while sends.len() >= 1000 {
-            if let Some(done) = sends.join_next().await {
-                if let Err(e) = done? {
-                    eprintln!("{e}");
-                    bad += 1;
-                }
+            if let Some(done) = sends.join_next().await
+                && let Err(e) = done?
+            {
+                eprintln!("{e}");
+                bad += 1;
             }
         }
     }
