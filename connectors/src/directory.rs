@@ -178,12 +178,12 @@ impl Tables {
     fn apply(&mut self, update: &DirectoryUpdate<'_>) {
         match *update {
             DirectoryUpdate::User { key, user } => {
-                if let Some(previous) = self.users.get(key) {
-                    if let Some(ids) = self.emails.get_mut(&previous.email) {
-                        ids.remove(key);
-                        if ids.is_empty() {
-                            self.emails.remove(&previous.email);
-                        }
+                if let Some(previous) = self.users.get(key)
+                    && let Some(ids) = self.emails.get_mut(&previous.email)
+                {
+                    ids.remove(key);
+                    if ids.is_empty() {
+                        self.emails.remove(&previous.email);
                     }
                 }
                 match user {
