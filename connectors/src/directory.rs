@@ -110,7 +110,9 @@ pub enum DirectoryUpdate<'a> {
 pub trait DirectoryWriter: Directory {
     /// Applies the records in order. The Redis directory sends a batch in one round
     /// trip; each record is applied atomically, so no reader ever sees the email index
-    /// point at an id whose record says otherwise.
+    /// point at an id whose record says otherwise. After an error part of the batch
+    /// may be applied: apply the whole batch again (a replay, which converges) before
+    /// committing the offsets it came from.
     fn apply_batch<'a>(&'a self, updates: &'a [DirectoryUpdate<'a>]) -> DirectoryFuture<'a, ()>;
 
     /// Applies one record of `auth.users`; `None` is a tombstone.
@@ -329,6 +331,9 @@ const RECORDS_PER_CALL: usize = 500;
 /// The directory in Redis, shared by every edge instance and written by the `cache`
 /// sink. Connections go through a [`ConnectionManager`], which reconnects after Redis
 /// restarts; a call made while it is down fails with [`DirectoryError::Unavailable`].
+/// Its feeder commits topic offsets once records are applied, so the Redis should
+/// persist its data (AOF), or the feeder must replay the topics when it comes back
+/// empty.
 ///
 /// Key layout, under a prefix `<p>` (default [`DEFAULT_PREFIX`], `orderflow:`):
 ///
