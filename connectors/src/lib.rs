@@ -3,7 +3,8 @@
 //!
 //! - [`streams`]: what the edges read and write: the publisher, replies, orders,
 //!   the user directory, chat deliveries and history, and readiness.
-//! - [`directory`]: the user table and buyer relations as the edges read them.
+//! - [`directory`]: the user table and buyer→seller relations the edges read, in
+//!   process or in Redis.
 
 pub mod directory;
 pub mod streams;

@@ -21,7 +21,7 @@ use orderflow_runtime::topology::Topology;
 use orderflow_runtime::wire::TopicSerde;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::directory::{Directory, MemoryDirectory};
+use crate::directory::{Directory, DirectoryUpdate, DirectoryWriter, MemoryDirectory};
 
 /// The chat fan-out's history store, whose changelog the chat edge reads.
 pub const CHAT_HISTORY_STORE: &str = "chat-history";
@@ -123,8 +123,9 @@ impl EdgeStreams {
         let directory: Arc<dyn Directory> = match &config.directory {
             Some(directory) => directory.clone(),
             None => {
-                let memory = Arc::new(MemoryDirectory::default());
+                let memory = Arc::new(MemoryDirectory::new());
                 let (m, d) = (memory.clone(), decoder.clone());
+                let runtime = tokio::runtime::Handle::current();
                 readers.push(TopicReader::spawn(
                     &reader("users"),
                     &[
@@ -132,20 +133,52 @@ impl EdgeStreams {
                         ReadTopic::table(topics::AUTH_RELATIONS),
                     ],
                     move |batch| {
-                        for record in batch {
+                        let mut users: Vec<(usize, Option<User>)> = Vec::new();
+                        let mut relations: Vec<(usize, Option<BuyerSeller>)> = Vec::new();
+                        for (i, record) in batch.iter().enumerate() {
                             if record.topic == topics::AUTH_USERS {
-                                match d.decode::<User>(&record) {
-                                    Ok(user) => m.apply_user(&record.key, user.as_ref()),
+                                match d.decode::<User>(record) {
+                                    Ok(user) => users.push((i, user)),
                                     Err(e) => tracing::warn!(error = %e, "edge: skipped a user"),
                                 }
                             } else {
-                                match d.decode::<BuyerSeller>(&record) {
-                                    Ok(rel) => m.apply_relation(&record.key, rel.as_ref()),
+                                match d.decode::<BuyerSeller>(record) {
+                                    Ok(rel) => relations.push((i, rel)),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "edge: skipped a relation");
                                     }
                                 }
                             }
+                        }
+                        let mut updates: Vec<(usize, DirectoryUpdate<'_>)> = users
+                            .iter()
+                            .map(|(i, user)| {
+                                let key = batch[*i].key.as_str();
+                                (
+                                    *i,
+                                    DirectoryUpdate::User {
+                                        key,
+                                        user: user.as_ref(),
+                                    },
+                                )
+                            })
+                            .chain(relations.iter().map(|(i, relation)| {
+                                let key = batch[*i].key.as_str();
+                                (
+                                    *i,
+                                    DirectoryUpdate::Relation {
+                                        key,
+                                        relation: relation.as_ref(),
+                                    },
+                                )
+                            }))
+                            .collect();
+                        updates.sort_by_key(|(i, _)| *i);
+                        let updates: Vec<DirectoryUpdate<'_>> =
+                            updates.into_iter().map(|(_, u)| u).collect();
+                        // In memory: the future is ready at once.
+                        if let Err(e) = runtime.block_on(m.apply_batch(&updates)) {
+                            tracing::warn!(error = %e, "edge: user directory update failed");
                         }
                     },
                 )?);
