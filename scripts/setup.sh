@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what building orderflow needs on a fresh Debian machine, once: a second run
-# finds everything in place and installs nothing. Called by scripts/test.sh and
-# scripts/up.sh; safe to run by hand.
+# Installs what building and testing orderflow needs on a fresh Debian machine, once:
+# a second run finds everything in place and installs nothing. Called by
+# scripts/test.sh and scripts/up.sh; safe to run by hand.
 set -euo pipefail
 
 if [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -14,8 +14,9 @@ fi
 
 # Debian packages: what the build links against (native-tls for the registry
 # client; librdkafka is built from source with make and a C compiler), Java 17+ to
-# run the Kafka broker, Maven to fetch it once.
-packages=(pkg-config libssl-dev build-essential zlib1g-dev)
+# run the Kafka broker, Maven to fetch it once, and the database and cache servers
+# the tests run against (scripts/services.sh starts them).
+packages=(pkg-config libssl-dev build-essential zlib1g-dev postgresql mariadb-server redis-server)
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -1 || true)
 if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
   packages+=(openjdk-17-jre-headless)

@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# PostgreSQL, MariaDB and Redis for the SQL sink and cache tests: started here unless
+# all three URLs already name servers elsewhere. Tests read TEST_POSTGRES_URL,
+# TEST_MYSQL_URL and TEST_REDIS_URL, and fail (never skip) when one is missing.
+if [ -z "${TEST_POSTGRES_URL:-}" ] || [ -z "${TEST_MYSQL_URL:-}" ] || [ -z "${TEST_REDIS_URL:-}" ]; then
+  service_env="$(scripts/services.sh)"
+  eval "$service_env"
+fi
 if [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi

@@ -5,6 +5,9 @@
 //!   the user directory, chat deliveries and history, and readiness.
 //! - [`directory`]: the user table and buyer→seller relations the edges read, in
 //!   process or in Redis.
+//! - [`sql_sink`]: the `orders` and `order_items` tables materialized from
+//!   `orders.events` on PostgreSQL, MySQL/MariaDB or SQLite, and their reads.
 
 pub mod directory;
+pub mod sql_sink;
 pub mod streams;
