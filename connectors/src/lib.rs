@@ -3,11 +3,14 @@
 //!
 //! - [`streams`]: what the edges read and write: the publisher, replies, orders,
 //!   the user directory, chat deliveries and history, and readiness.
+//! - [`auth`]: JWT access and refresh tokens ([`auth::Tokens`], configured by
+//!   [`auth::JwtConfig`] from `JWT_*`) and argon2id password hashing, for the edges.
 //! - [`directory`]: the user table and buyer→seller relations the edges read, in
 //!   process or in Redis.
 //! - [`sql_sink`]: the `orders` and `order_items` tables materialized from
 //!   `orders.events` on PostgreSQL, MySQL/MariaDB or SQLite, and their reads.
 
+pub mod auth;
 pub mod directory;
 pub mod sql_sink;
 pub mod streams;
