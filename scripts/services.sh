@@ -58,7 +58,7 @@ show_log() {
 
 for tool in pg_lsclusters pg_ctlcluster psql mariadbd mariadb mariadb-admin redis-server redis-cli; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] \
-    || fail "$tool not found: run scripts/setup.sh first (it installs postgresql, mariadb-server, redis-server)"
+    || fail "$tool not found: run scripts/setup.sh --test first (it installs postgresql, mariadb-server, redis-server)"
 done
 
 # ---------------------------------------------------------------------------------

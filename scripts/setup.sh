@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building and testing orderflow needs on a fresh Debian machine, once:
-# a second run finds everything in place and installs nothing. Called by
-# scripts/test.sh and scripts/up.sh; safe to run by hand.
+# Installs what building and running orderflow needs on a fresh Debian machine,
+# once: a second run finds everything in place and installs nothing. With --test
+# (scripts/test.sh) also what the tests need: the database and cache servers and
+# Python's confluent-kafka. Called by scripts/test.sh and scripts/up.sh; safe to
+# run by hand.
 set -euo pipefail
+for_tests=false
+if [ "${1:-}" = "--test" ]; then for_tests=true; fi
 
 if [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -16,7 +20,8 @@ fi
 # client; librdkafka is built from source with make and a C compiler), Java 17+ to
 # run the Kafka broker, Maven to fetch it once, and the database and cache servers
 # the tests run against (scripts/services.sh starts them).
-packages=(pkg-config libssl-dev build-essential zlib1g-dev postgresql mariadb-server redis-server)
+packages=(pkg-config libssl-dev build-essential zlib1g-dev)
+if $for_tests; then packages+=(postgresql mariadb-server redis-server); fi
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -1 || true)
 if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
   packages+=(openjdk-17-jre-headless)
@@ -38,7 +43,7 @@ fi
 # client cli/tests/registry.rs checks the embedded schema registry with. Installed
 # for the python3 the tests run; a Debian python3 without pip gets it first, and
 # one that is externally managed (PEP 668) takes the package all the same.
-if ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; then
+if $for_tests && ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; then
   echo "setup: installing confluent-kafka[avro] for python3" >&2
   if ! python3 -m pip --version >/dev/null 2>&1; then
     sudo=""

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh --test
 # PostgreSQL, MariaDB and Redis for the SQL sink and cache tests: started here unless
 # all three URLs already name servers elsewhere. Tests read TEST_POSTGRES_URL,
 # TEST_MYSQL_URL and TEST_REDIS_URL, and fail (never skip) when one is missing.
