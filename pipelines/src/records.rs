@@ -8,7 +8,7 @@
 //!
 //! | topic | schema file | Rust type |
 //! | --- | --- | --- |
-//! | `auth.commands` | `auth.commands.avsc` | [`AuthCommand`] ([`RegisterUser`], [`UpdateProfile`], [`DeleteUser`]) |
+//! | `auth.commands` | `auth.commands.avsc` | [`AuthCommand`] ([`RegisterUser`], [`UpdateProfile`], [`DeleteUser`], [`StartSession`], [`RotateSession`], [`EndSession`]) |
 //! | `auth.users` | `auth.users.avsc` | [`User`] |
 //! | `auth.relations` | `auth.relations.avsc` | [`BuyerSeller`] |
 //! | `orders.commands` | `orders.commands.avsc` | [`OrderCommand`] ([`PlaceOrder`], [`CancelOrder`]) |
@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 
 /// Topic names, as in DESIGN.md.
 pub mod topics {
-    /// Account commands ([`AuthCommand`](super::AuthCommand)), keyed by lower-case email.
+    /// Account and session commands ([`AuthCommand`](super::AuthCommand)), keyed by
+    /// lower-case email.
     pub const AUTH_COMMANDS: &str = "auth.commands";
     /// Current accounts ([`User`](super::User)), compacted, keyed by user id.
     pub const AUTH_USERS: &str = "auth.users";
@@ -172,6 +173,55 @@ pub struct DeleteUser {
     pub email: String,
 }
 
+/// `orderflow.StartSession` on `auth.commands`: open a refresh-token family at login.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    /// Edge request id, echoed by the [`Reply`].
+    pub request_id: String,
+    /// Lower-case email of the account, the record key.
+    pub email: String,
+    /// Id of the account logging in.
+    pub user_id: String,
+    /// New token family id (the access token's `sid`).
+    pub family_id: String,
+    /// Id (`jti`) of the family's first refresh token.
+    pub token_id: String,
+    /// When that refresh token expires, epoch milliseconds.
+    pub expires_at: i64,
+}
+
+/// `orderflow.RotateSession` on `auth.commands`: trade the family's current refresh
+/// token for the next one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSession {
+    /// Edge request id, echoed by the [`Reply`].
+    pub request_id: String,
+    /// Lower-case email of the account, the record key.
+    pub email: String,
+    /// The token family.
+    pub family_id: String,
+    /// Id (`jti`) of the presented refresh token.
+    pub token_id: String,
+    /// Id (`jti`) of the refresh token that replaces it.
+    pub next_token_id: String,
+    /// When the replacing refresh token expires, epoch milliseconds.
+    pub expires_at: i64,
+}
+
+/// `orderflow.EndSession` on `auth.commands`: revoke a token family (logout).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndSession {
+    /// Edge request id, echoed by the [`Reply`].
+    pub request_id: String,
+    /// Lower-case email of the account, the record key.
+    pub email: String,
+    /// The token family to revoke.
+    pub family_id: String,
+}
+
 /// A record on `auth.commands`. Variant order = union order in `auth.commands.avsc`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AuthCommand {
@@ -181,6 +231,12 @@ pub enum AuthCommand {
     UpdateProfile(UpdateProfile),
     /// Union branch 2, `orderflow.DeleteUser`.
     DeleteUser(DeleteUser),
+    /// Union branch 3, `orderflow.StartSession`.
+    StartSession(StartSession),
+    /// Union branch 4, `orderflow.RotateSession`.
+    RotateSession(RotateSession),
+    /// Union branch 5, `orderflow.EndSession`.
+    EndSession(EndSession),
 }
 
 impl AvroRecord for AuthCommand {
@@ -189,6 +245,9 @@ impl AvroRecord for AuthCommand {
             Self::RegisterUser(r) => union_variant(schema, "orderflow.RegisterUser", r),
             Self::UpdateProfile(r) => union_variant(schema, "orderflow.UpdateProfile", r),
             Self::DeleteUser(r) => union_variant(schema, "orderflow.DeleteUser", r),
+            Self::StartSession(r) => union_variant(schema, "orderflow.StartSession", r),
+            Self::RotateSession(r) => union_variant(schema, "orderflow.RotateSession", r),
+            Self::EndSession(r) => union_variant(schema, "orderflow.EndSession", r),
         }
     }
 }
@@ -473,6 +532,9 @@ pub struct Reply {
 impl AvroRecord for RegisterUser {}
 impl AvroRecord for UpdateProfile {}
 impl AvroRecord for DeleteUser {}
+impl AvroRecord for StartSession {}
+impl AvroRecord for RotateSession {}
+impl AvroRecord for EndSession {}
 impl AvroRecord for User {}
 impl AvroRecord for BuyerSeller {}
 impl AvroRecord for OrderItem {}

@@ -21,6 +21,12 @@
 //!   deleted account keeps no credential), and publishes it. `auth.users` gets the
 //!   DELETED user, not a tombstone: readers learn the id is gone.
 //!
+//! - `StartSession`: opens a refresh-token family (see *Sessions* below) for the ACTIVE
+//!   account of the email; a `user_id` that is not that account's id, or an email
+//!   without an ACTIVE account, is refused with `USER_NOT_FOUND`.
+//! - `RotateSession`: trades the family's current refresh token for the next one.
+//! - `EndSession`: revokes a family (logout); ok even for an unknown family.
+//!
 //! Updating or deleting an email with no ACTIVE account is refused with
 //! `USER_NOT_FOUND`. A command that breaks a field rule (email lower-case with a local
 //! part, an `@` and a domain; display name and credential hash non-empty) is refused
@@ -30,12 +36,43 @@
 //! command's email (the record sits on the wrong partition, so the email rule would
 //! not be race-free), and an empty request id or one with control characters.
 //!
+//! # Sessions
+//!
+//! A login starts a *token family*: the refresh token the edge hands out, and every
+//! token that replaces it by rotation. The family's state lives here, in a store of
+//! this processor, rather than in one edge's memory, so every edge instance agrees;
+//! and since every command of one email is processed on one task, one at a time,
+//! rotation is race-free: of two rotations presenting the same refresh token, however
+//! close together and through whichever edges, exactly one finds it current.
+//!
+//! A `RotateSession` is answered, in this order: an unknown family `SESSION_NOT_FOUND`;
+//! a revoked one `SESSION_REVOKED`; one whose current token expired before the
+//! command's record time `SESSION_EXPIRED`; a presented token that is not the current
+//! one `REFRESH_REUSED`, and the whole family is revoked (a rotated token presented
+//! again means two parties hold the family, and there is no telling which is the
+//! legitimate one, so both lose it: the holder of the newest token is refused at its
+//! next rotation too and has to log in again). Otherwise the next token becomes the
+//! current one with its expiry, ok. A rotation's or start's `next_token_id`/`token_id`
+//! and `expires_at` are the edge's (it signs the token); `expires_at` must lie after
+//! the record time, and a rotation must name a new token, else `INVALID`.
+//!
+//! `DeleteUser`, and an `UpdateProfile` that changes the credential hash (a password
+//! change), revoke every family of the email, so no refresh token issued before keeps
+//! working. Ok replies to `StartSession` and `RotateSession` carry the account's id in
+//! `entity_id` (as does `EndSession` when the family was known).
+//!
+//! A family is dropped by the stream-time timer `forget-session` once it has been
+//! expired or revoked for that timer's delay (topology.yaml): the refresh tokens are
+//! dead by then anyway, and until then a late refresh gets the precise code rather
+//! than `SESSION_NOT_FOUND`.
+//!
 //! # Stores
 //!
 //! | store | key | value |
 //! | --- | --- | --- |
 //! | `users-by-email` | lower-case email | the [`User`], DELETED ones included |
 //! | `user-requests` | `<email>` NUL `<requestId>` | the [`Reply`] that answered it |
+//! | `sessions` | `<email>` NUL `<familyId>` | the [`SessionFamily`] |
 //!
 //! Every answered request is remembered with its reply, so a replayed request id
 //! (an edge retry, a producer retry) gets the very same reply again and changes
@@ -50,11 +87,12 @@ use orderflow_runtime::processor::{BuildError, ProcessorSpec};
 use orderflow_runtime::store::KeyValueStore;
 use orderflow_runtime::timer::Timer;
 use orderflow_runtime::{Context, ProcessError, Processor, Record};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::derived_uuid;
 use crate::records::{
-    AuthCommand, DeleteUser, RegisterUser, Reply, UpdateProfile, User, UserStatus, topics,
+    AuthCommand, DeleteUser, EndSession, RegisterUser, Reply, RotateSession, StartSession,
+    UpdateProfile, User, UserStatus, topics,
 };
 
 /// The user table: lower-case email → [`User`].
@@ -63,8 +101,15 @@ pub const USERS_STORE: &str = "users-by-email";
 /// The answered requests: `<email>` NUL `<requestId>` → [`Reply`].
 pub const REQUESTS_STORE: &str = "user-requests";
 
+/// The refresh-token families: `<email>` NUL `<familyId>` → [`SessionFamily`].
+pub const SESSIONS_STORE: &str = "sessions";
+
 /// The stream-time timer that forgets an answered request.
 pub const FORGET_REQUEST_TIMER: &str = "forget-request";
+
+/// The stream-time timer that drops a token family some time after it expired or was
+/// revoked.
+pub const FORGET_SESSION_TIMER: &str = "forget-session";
 
 /// The `code` of a refused request's [`Reply`].
 pub mod codes {
@@ -74,6 +119,36 @@ pub mod codes {
     pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
     /// A field breaks its rule; the reply's message says which.
     pub const INVALID: &str = "INVALID";
+    /// A rotation of a token family this processor does not know (never started, or
+    /// forgotten after it expired or was revoked).
+    pub const SESSION_NOT_FOUND: &str = "SESSION_NOT_FOUND";
+    /// A rotation of a revoked token family (logout, reuse, deletion, password change).
+    pub const SESSION_REVOKED: &str = "SESSION_REVOKED";
+    /// A rotation after the family's current refresh token expired.
+    pub const SESSION_EXPIRED: &str = "SESSION_EXPIRED";
+    /// A rotation presenting a refresh token that was already rotated away: the whole
+    /// family has been revoked.
+    pub const REFRESH_REUSED: &str = "REFRESH_REUSED";
+}
+
+/// One refresh-token family in the `sessions` store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFamily {
+    /// The account the family belongs to.
+    pub user_id: String,
+    /// Id (`jti`) of the current refresh token: the only one a rotation may present.
+    pub token_id: String,
+    /// When the current refresh token expires, epoch milliseconds.
+    pub expires_at: i64,
+    /// Whether the family was revoked; a revoked family never comes back.
+    pub revoked: bool,
+}
+
+/// The `sessions` key of a token family. Emails hold no control characters (checked
+/// before this is used), so every family of one email shares the prefix
+/// `<email>` NUL and no other email's family does.
+pub fn session_key(email: &str, family_id: &str) -> String {
+    format!("{email}\u{0}{family_id}")
 }
 
 /// The `config:` block of a `user-cache` processor: it takes no settings (the request
@@ -110,10 +185,12 @@ fn request_key(email: &str, request_id: &str) -> String {
 /// What applying a command came to.
 #[derive(Debug)]
 enum Outcome {
-    /// Carried out: the account's id, and the user to publish if it changed.
+    /// Carried out: the account's id (the reply's `entity_id`), the user to publish if
+    /// it changed, and whether every token family of the email is to be revoked.
     Done {
-        user_id: String,
+        user_id: Option<String>,
         changed: Option<User>,
+        revoke_sessions: bool,
     },
     /// Refused with a code and a message.
     Refused { code: &'static str, message: String },
@@ -126,6 +203,14 @@ impl Outcome {
             message: message.into(),
         }
     }
+
+    fn done(user_id: impl Into<String>) -> Self {
+        Outcome::Done {
+            user_id: Some(user_id.into()),
+            changed: None,
+            revoke_sessions: false,
+        }
+    }
 }
 
 fn command_ids(command: &AuthCommand) -> (&str, &str) {
@@ -133,11 +218,15 @@ fn command_ids(command: &AuthCommand) -> (&str, &str) {
         AuthCommand::RegisterUser(c) => (&c.request_id, &c.email),
         AuthCommand::UpdateProfile(c) => (&c.request_id, &c.email),
         AuthCommand::DeleteUser(c) => (&c.request_id, &c.email),
+        AuthCommand::StartSession(c) => (&c.request_id, &c.email),
+        AuthCommand::RotateSession(c) => (&c.request_id, &c.email),
+        AuthCommand::EndSession(c) => (&c.request_id, &c.email),
     }
 }
 
-/// The field rules; `Err` holds the message of the `INVALID` reply.
-fn validate(command: &AuthCommand) -> Result<(), String> {
+/// The field rules; `Err` holds the message of the `INVALID` reply. `now` is the
+/// record time, which a new refresh token's expiry must lie after.
+fn validate(command: &AuthCommand, now: i64) -> Result<(), String> {
     let (_, email) = command_ids(command);
     check_email(email)?;
     match command {
@@ -155,7 +244,39 @@ fn validate(command: &AuthCommand) -> Result<(), String> {
             Ok(())
         }
         AuthCommand::DeleteUser(_) => Ok(()),
+        AuthCommand::StartSession(c) => {
+            check_id("user_id", &c.user_id)?;
+            check_id("family_id", &c.family_id)?;
+            check_id("token_id", &c.token_id)?;
+            check_expiry(c.expires_at, now)
+        }
+        AuthCommand::RotateSession(c) => {
+            check_id("family_id", &c.family_id)?;
+            check_id("token_id", &c.token_id)?;
+            check_id("next_token_id", &c.next_token_id)?;
+            if c.next_token_id == c.token_id {
+                return Err("next_token_id must differ from token_id".to_string());
+            }
+            check_expiry(c.expires_at, now)
+        }
+        AuthCommand::EndSession(c) => check_id("family_id", &c.family_id),
     }
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.chars().any(char::is_control) {
+        return Err(format!(
+            "{field} must be non-empty, without control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn check_expiry(expires_at: i64, now: i64) -> Result<(), String> {
+    if expires_at <= now {
+        return Err("expires_at must lie after the command's record time".to_string());
+    }
+    Ok(())
 }
 
 fn check_email(email: &str) -> Result<(), String> {
@@ -200,16 +321,14 @@ fn register(
     match users.get::<User>(&command.email)? {
         // This very registration, replayed after its request was forgotten: the
         // account it created answers it, whatever became of it since.
-        Some(existing) if existing.id == id => Ok(Outcome::Done {
-            user_id: id,
-            changed: None,
-        }),
+        Some(existing) if existing.id == id => Ok(Outcome::done(id)),
         Some(existing) if existing.status == UserStatus::Active => Ok(Outcome::refused(
             codes::EMAIL_TAKEN,
             "an account with this email exists",
         )),
         _ => Ok(Outcome::Done {
-            user_id: id.clone(),
+            user_id: Some(id.clone()),
+            revoke_sessions: false,
             changed: Some(User {
                 id,
                 email: command.email.clone(),
@@ -242,17 +361,22 @@ fn update(
         user.display_name.clone_from(name);
         changed = true;
     }
+    let mut password_changed = false;
     if let Some(hash) = &command.password_hash
         && *hash != user.password_hash
     {
         user.password_hash.clone_from(hash);
         changed = true;
+        password_changed = true;
     }
     // A producer's clock may lag: updated_at never goes back.
     user.updated_at = user.updated_at.max(now);
     Ok(Outcome::Done {
-        user_id: user.id.clone(),
+        user_id: Some(user.id.clone()),
         changed: changed.then_some(user),
+        // Whoever held a refresh token may have held it because they knew the old
+        // password: a password change ends every session.
+        revoke_sessions: password_changed,
     })
 }
 
@@ -267,18 +391,172 @@ fn delete(users: &KeyValueStore, command: &DeleteUser, now: i64) -> Result<Outco
     user.password_hash.clear();
     user.updated_at = user.updated_at.max(now);
     Ok(Outcome::Done {
-        user_id: user.id.clone(),
+        user_id: Some(user.id.clone()),
         changed: Some(user),
+        revoke_sessions: true,
     })
+}
+
+/// When the `forget-session` timer drops a family: `retention` after it died, which is
+/// when its current token expires or, for a revoked family, the revocation time
+/// `revoked_at` if that came first.
+fn forget_due(family: &SessionFamily, revoked_at: Option<i64>, retention: i64) -> i64 {
+    let dead_at = match revoked_at {
+        Some(at) => at.min(family.expires_at),
+        None => family.expires_at,
+    };
+    dead_at.saturating_add(retention)
+}
+
+fn retention_ms(ctx: &Context<'_>) -> Result<i64, ProcessError> {
+    let delay = ctx.timer_delay(FORGET_SESSION_TIMER)?;
+    Ok(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Writes a family and moves its `forget-session` timer to match.
+fn put_family(
+    ctx: &mut Context<'_>,
+    key: &str,
+    family: &SessionFamily,
+    revoked_at: Option<i64>,
+) -> Result<(), ProcessError> {
+    let due = forget_due(family, revoked_at, retention_ms(ctx)?);
+    ctx.store(SESSIONS_STORE)?.put(key, family)?;
+    ctx.set_timer_at(FORGET_SESSION_TIMER, key, due)
+}
+
+/// Revokes a family at `now`, unless it already is.
+fn revoke(
+    ctx: &mut Context<'_>,
+    key: &str,
+    mut family: SessionFamily,
+    now: i64,
+) -> Result<(), ProcessError> {
+    if family.revoked {
+        return Ok(());
+    }
+    family.revoked = true;
+    put_family(ctx, key, &family, Some(now))
+}
+
+/// Revokes every family of `email` (deletion, password change).
+fn revoke_all(ctx: &mut Context<'_>, email: &str, now: i64) -> Result<usize, ProcessError> {
+    let prefix = session_key(email, "");
+    let families = {
+        let sessions = ctx.store(SESSIONS_STORE)?;
+        let keys: Vec<String> = sessions
+            .prefix(&prefix)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        let mut families = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(family) = sessions.get::<SessionFamily>(&key)?
+                && !family.revoked
+            {
+                families.push((key, family));
+            }
+        }
+        families
+    };
+    let revoked = families.len();
+    for (key, family) in families {
+        revoke(ctx, &key, family, now)?;
+    }
+    Ok(revoked)
+}
+
+fn start_session(ctx: &mut Context<'_>, command: &StartSession) -> Result<Outcome, ProcessError> {
+    let account = active_user(ctx.store(USERS_STORE)?, &command.email)?;
+    if account.is_none_or(|u| u.id != command.user_id) {
+        return Ok(Outcome::refused(
+            codes::USER_NOT_FOUND,
+            "no active account with this email and id",
+        ));
+    }
+    let key = session_key(&command.email, &command.family_id);
+    if ctx.store(SESSIONS_STORE)?.get_raw(&key).is_some() {
+        // Family ids are fresh random ids: one that exists is a start replayed after
+        // its request was forgotten, or a bug. Starting it again would bring back its
+        // first token (or a revoked family), so it is refused.
+        return Ok(Outcome::refused(
+            codes::INVALID,
+            "family_id names an existing session",
+        ));
+    }
+    let family = SessionFamily {
+        user_id: command.user_id.clone(),
+        token_id: command.token_id.clone(),
+        expires_at: command.expires_at,
+        revoked: false,
+    };
+    put_family(ctx, &key, &family, None)?;
+    tracing::debug!(family_id = %command.family_id, "session started");
+    Ok(Outcome::done(family.user_id))
+}
+
+fn rotate_session(
+    ctx: &mut Context<'_>,
+    command: &RotateSession,
+    now: i64,
+) -> Result<Outcome, ProcessError> {
+    let key = session_key(&command.email, &command.family_id);
+    let Some(mut family) = ctx.store(SESSIONS_STORE)?.get::<SessionFamily>(&key)? else {
+        return Ok(Outcome::refused(
+            codes::SESSION_NOT_FOUND,
+            "no such session",
+        ));
+    };
+    if family.revoked {
+        return Ok(Outcome::refused(
+            codes::SESSION_REVOKED,
+            "the session was revoked",
+        ));
+    }
+    if now > family.expires_at {
+        return Ok(Outcome::refused(
+            codes::SESSION_EXPIRED,
+            "the refresh token expired",
+        ));
+    }
+    if command.token_id != family.token_id {
+        tracing::warn!(family_id = %command.family_id, "a rotated refresh token was presented again; its session is revoked");
+        revoke(ctx, &key, family, now)?;
+        return Ok(Outcome::refused(
+            codes::REFRESH_REUSED,
+            "the refresh token was already used; the session is revoked",
+        ));
+    }
+    family.token_id.clone_from(&command.next_token_id);
+    family.expires_at = command.expires_at;
+    put_family(ctx, &key, &family, None)?;
+    Ok(Outcome::done(family.user_id))
+}
+
+fn end_session(
+    ctx: &mut Context<'_>,
+    command: &EndSession,
+    now: i64,
+) -> Result<Outcome, ProcessError> {
+    let key = session_key(&command.email, &command.family_id);
+    let Some(family) = ctx.store(SESSIONS_STORE)?.get::<SessionFamily>(&key)? else {
+        return Ok(Outcome::Done {
+            user_id: None,
+            changed: None,
+            revoke_sessions: false,
+        });
+    };
+    let user_id = family.user_id.clone();
+    revoke(ctx, &key, family, now)?;
+    Ok(Outcome::done(user_id))
 }
 
 impl Processor for UserCache {
     fn stores(&self) -> &'static [&'static str] {
-        &[USERS_STORE, REQUESTS_STORE]
+        &[USERS_STORE, REQUESTS_STORE, SESSIONS_STORE]
     }
 
     fn timers(&self) -> &'static [&'static str] {
-        &[FORGET_REQUEST_TIMER]
+        &[FORGET_REQUEST_TIMER, FORGET_SESSION_TIMER]
     }
 
     fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
@@ -302,29 +580,37 @@ impl Processor for UserCache {
         }
 
         let now = ctx.timestamp();
-        let outcome = match validate(&command) {
+        let outcome = match validate(&command, now) {
             Err(message) => Outcome::refused(codes::INVALID, message),
-            Ok(()) => {
-                let users = ctx.store(USERS_STORE)?;
-                match &command {
-                    AuthCommand::RegisterUser(c) => register(users, c, now)?,
-                    AuthCommand::UpdateProfile(c) => update(users, c, now)?,
-                    AuthCommand::DeleteUser(c) => delete(users, c, now)?,
-                }
-            }
+            Ok(()) => match &command {
+                AuthCommand::RegisterUser(c) => register(ctx.store(USERS_STORE)?, c, now)?,
+                AuthCommand::UpdateProfile(c) => update(ctx.store(USERS_STORE)?, c, now)?,
+                AuthCommand::DeleteUser(c) => delete(ctx.store(USERS_STORE)?, c, now)?,
+                AuthCommand::StartSession(c) => start_session(ctx, c)?,
+                AuthCommand::RotateSession(c) => rotate_session(ctx, c, now)?,
+                AuthCommand::EndSession(c) => end_session(ctx, c, now)?,
+            },
         };
         let reply = match outcome {
-            Outcome::Done { user_id, changed } => {
+            Outcome::Done {
+                user_id,
+                changed,
+                revoke_sessions,
+            } => {
                 if let Some(user) = changed {
                     ctx.store(USERS_STORE)?.put(email, &user)?;
                     ctx.forward(topics::AUTH_USERS, &user.id, &user)?;
+                }
+                if revoke_sessions {
+                    let revoked = revoke_all(ctx, email, now)?;
+                    tracing::debug!(revoked, "sessions of the account revoked");
                 }
                 Reply {
                     request_id: request_id.to_string(),
                     ok: true,
                     code: None,
                     message: None,
-                    entity_id: Some(user_id),
+                    entity_id: user_id,
                     at: now,
                 }
             }
@@ -343,8 +629,27 @@ impl Processor for UserCache {
     }
 
     fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        if timer.name == FORGET_REQUEST_TIMER {
-            ctx.store(REQUESTS_STORE)?.delete(&timer.key);
+        match timer.name.as_str() {
+            FORGET_REQUEST_TIMER => {
+                ctx.store(REQUESTS_STORE)?.delete(&timer.key);
+            }
+            FORGET_SESSION_TIMER => {
+                // Every write of a family moves its timer, so a family found here has
+                // been dead for the retention. A live one can only come from a timer
+                // that missed a move; it is kept and its timer set right.
+                let family = ctx
+                    .store(SESSIONS_STORE)?
+                    .get::<SessionFamily>(&timer.key)?;
+                if let Some(family) = family {
+                    let live_until = forget_due(&family, None, retention_ms(ctx)?);
+                    if !family.revoked && live_until > timer.due {
+                        ctx.set_timer_at(FORGET_SESSION_TIMER, &timer.key, live_until)?;
+                    } else {
+                        ctx.store(SESSIONS_STORE)?.delete(&timer.key);
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

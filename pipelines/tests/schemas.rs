@@ -250,6 +250,36 @@ fn delete_user() -> DeleteUser {
     }
 }
 
+fn start_session() -> StartSession {
+    StartSession {
+        request_id: "req-4".into(),
+        email: "ada@example.com".into(),
+        user_id: "6f1c2a4e-0000-4000-8000-000000000001".into(),
+        family_id: "fam-1".into(),
+        token_id: "tok-1".into(),
+        expires_at: T0 + 86_400_000,
+    }
+}
+
+fn rotate_session() -> RotateSession {
+    RotateSession {
+        request_id: "req-5".into(),
+        email: "ada@example.com".into(),
+        family_id: "fam-1".into(),
+        token_id: "tok-1".into(),
+        next_token_id: "tok-2".into(),
+        expires_at: T0 + 2 * 86_400_000,
+    }
+}
+
+fn end_session() -> EndSession {
+    EndSession {
+        request_id: "req-6".into(),
+        email: "ada@example.com".into(),
+        family_id: "fam-1".into(),
+    }
+}
+
 fn items(n: usize) -> Vec<OrderItem> {
     (0..n)
         .map(|i| OrderItem {
@@ -321,7 +351,16 @@ fn check_auth_commands(schema: &Schema) -> Result<()> {
         round_trip_branch(schema, &value, "orderflow.UpdateProfile")?;
     }
     let value = AuthCommand::DeleteUser(delete_user());
-    round_trip_branch(schema, &value, "orderflow.DeleteUser")
+    round_trip_branch(schema, &value, "orderflow.DeleteUser")?;
+    same_fields(schema, "orderflow.StartSession", &start_session())?;
+    same_fields(schema, "orderflow.RotateSession", &rotate_session())?;
+    same_fields(schema, "orderflow.EndSession", &end_session())?;
+    let value = AuthCommand::StartSession(start_session());
+    round_trip_branch(schema, &value, "orderflow.StartSession")?;
+    let value = AuthCommand::RotateSession(rotate_session());
+    round_trip_branch(schema, &value, "orderflow.RotateSession")?;
+    let value = AuthCommand::EndSession(end_session());
+    round_trip_branch(schema, &value, "orderflow.EndSession")
 }
 
 fn check_auth_users(schema: &Schema) -> Result<()> {
@@ -717,6 +756,9 @@ fn union_branches_are_chosen_by_name() -> Result<()> {
     let update = AuthCommand::UpdateProfile(update_profile(false));
     let back = AuthCommand::from_avro(&update.to_avro(&auth)?)?;
     ensure!(back == update, "UpdateProfile came back as {back:?}");
+    let end = AuthCommand::EndSession(end_session());
+    let back = AuthCommand::from_avro(&end.to_avro(&auth)?)?;
+    ensure!(back == end, "EndSession came back as {back:?}");
 
     let payments = load_schema(topics::PAYMENTS_REQUESTS)?;
     let refund = PaymentCommand::RefundRequested(refund_requested(None));

@@ -57,6 +57,9 @@ fn send(driver: &mut TestDriver, command: &AuthCommand, at: i64) -> Result<()> {
         AuthCommand::RegisterUser(c) => &c.email,
         AuthCommand::UpdateProfile(c) => &c.email,
         AuthCommand::DeleteUser(c) => &c.email,
+        AuthCommand::StartSession(c) => &c.email,
+        AuthCommand::RotateSession(c) => &c.email,
+        AuthCommand::EndSession(c) => &c.email,
     };
     Ok(driver.pipe_at(topics::AUTH_COMMANDS, email, command, at)?)
 }

@@ -325,6 +325,13 @@ impl<'a> Context<'a> {
         index.set(store, name, key, spec.domain, due)
     }
 
+    /// The declared delay of the named timer (its `after:` in topology.yaml), for a
+    /// processor that sets it with [`Context::set_timer_at`] relative to a time of its
+    /// own (e.g. "this long after the session expires") rather than to now.
+    pub fn timer_delay(&self, name: &str) -> Result<std::time::Duration, ProcessError> {
+        Ok(self.timer_spec(name)?.after)
+    }
+
     /// Cancels the named timer for `key`; returns whether it was pending.
     pub fn cancel_timer(&mut self, name: &str, key: &str) -> Result<bool, ProcessError> {
         self.timer_spec(name)?;
