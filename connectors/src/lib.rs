@@ -4,6 +4,9 @@
 //! - [`streams`]: what the edges read and write: the publisher, replies, orders,
 //!   the user directory, chat deliveries and history, and readiness.
 //! - [`directory`]: the user table and buyer relations as the edges read them.
+//! - [`http`]: the HTTP edge: accounts, sessions and orders over the streams
+//!   ([`http::router`] over an [`http::HttpState`]).
 
 pub mod directory;
+pub mod http;
 pub mod streams;
