@@ -345,9 +345,8 @@ async fn try_login(
     body: LoginRequest,
     started: Instant,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let refused = || {
-        ApiError::unauthenticated("INVALID_CREDENTIALS", "the email or the password is wrong")
-    };
+    let refused =
+        || ApiError::unauthenticated("INVALID_CREDENTIALS", "the email or the password is wrong");
     let email = body.email.trim().to_lowercase();
     // Right after a registration on another instance the directory may not have the
     // account yet: look again for a moment before giving up.
@@ -386,10 +385,9 @@ async fn try_login(
     }
     let family_id = new_id();
     let token_id = new_id();
-    let (refresh_token, expires_at) =
-        state
-            .tokens
-            .issue_refresh(&user.id, &email, &family_id, &token_id);
+    let (refresh_token, expires_at) = state
+        .tokens
+        .issue_refresh(&user.id, &email, &family_id, &token_id);
     let request_id = new_id();
     let command = AuthCommand::StartSession(StartSession {
         request_id: request_id.clone(),
@@ -522,7 +520,10 @@ pub async fn refresh(
         (status = 401, description = "No or bad access token", body = ErrorBody),
         (status = 503, description = "Not ready, or no answer in time", body = ErrorBody),
     ))]
-pub async fn logout(State(state): State<HttpState>, caller: Caller) -> Result<StatusCode, ApiError> {
+pub async fn logout(
+    State(state): State<HttpState>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
     let request_id = new_id();
     let command = AuthCommand::EndSession(EndSession {
         request_id: request_id.clone(),
@@ -593,8 +594,20 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_lower_cased_and_checked() {
-        assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@example.com", "a b@example.com", "ada@localhost", "a@b@c.d", "ada@.com"] {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "a b@example.com",
+            "ada@localhost",
+            "a@b@c.d",
+            "ada@.com",
+        ] {
             let e = normalize_email(bad).unwrap_err();
             assert_eq!(e.code(), "INVALID_FIELD", "{bad}");
         }

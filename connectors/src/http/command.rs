@@ -65,7 +65,11 @@ pub(super) async fn ask<T: AvroRecord + Sync>(
     {
         Some(reply) => Ok(reply),
         None => {
-            tracing::warn!(request = request_id, topic, "http: no reply to {what} in time");
+            tracing::warn!(
+                request = request_id,
+                topic,
+                "http: no reply to {what} in time"
+            );
             Err(ApiError::no_reply(what, timeout))
         }
     }

@@ -35,7 +35,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 async fn body_bytes(req: Request, state: &HttpState) -> Result<Bytes, ApiError> {
@@ -243,12 +244,19 @@ mod tests {
         assert!(format!("{e:?}").contains("Some(\"name\")"), "{e:?}");
 
         let e = parse_json::<Body>(br#"{"name":"a","items":[{}]}"#).unwrap_err();
-        assert!(format!("{e:?}").contains("Some(\"items[0].quantity\")"), "{e:?}");
+        assert!(
+            format!("{e:?}").contains("Some(\"items[0].quantity\")"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn tells_malformed_json_apart() {
-        for bad in [&b"{"[..], b"nope", b"{\"name\":\"a\",\"items\":[]} trailing"] {
+        for bad in [
+            &b"{"[..],
+            b"nope",
+            b"{\"name\":\"a\",\"items\":[]} trailing",
+        ] {
             let e = parse_json::<Body>(bad).unwrap_err();
             assert_eq!(e.code(), "MALFORMED_JSON", "{bad:?}");
             assert_eq!(e.status(), StatusCode::BAD_REQUEST);
@@ -259,9 +267,15 @@ mod tests {
     fn accepts_json_content_types_only() {
         let mut h = HeaderMap::new();
         assert!(!is_json(&h));
-        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert!(is_json(&h));
-        h.insert(header::CONTENT_TYPE, "application/merge-patch+json".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/merge-patch+json".parse().unwrap(),
+        );
         assert!(is_json(&h));
         h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         assert!(!is_json(&h));

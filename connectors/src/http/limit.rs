@@ -106,10 +106,20 @@ mod tests {
             assert!(limiter.check_at(a, t0).is_ok());
         }
         let wait = limiter.check_at(a, t0).unwrap_err();
-        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500), "{wait:?}");
-        assert!(limiter.check_at(b, t0).is_ok(), "another client has its own bucket");
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(
+            limiter.check_at(b, t0).is_ok(),
+            "another client has its own bucket"
+        );
         assert!(limiter.check_at(a, t0 + Duration::from_millis(500)).is_ok());
-        assert!(limiter.check_at(a, t0 + Duration::from_millis(500)).is_err());
+        assert!(
+            limiter
+                .check_at(a, t0 + Duration::from_millis(500))
+                .is_err()
+        );
     }
 
     #[test]

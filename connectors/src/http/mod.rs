@@ -280,7 +280,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/openapi.json", get(ops::openapi));
     let middleware = ServiceBuilder::new()
         .layer(from_fn(observe::drop_insane_request_id))
-        .layer(SetRequestIdLayer::new(observe::REQUEST_ID, observe::MakeUuid))
+        .layer(SetRequestIdLayer::new(
+            observe::REQUEST_ID,
+            observe::MakeUuid,
+        ))
         .layer(PropagateRequestIdLayer::new(observe::REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()
@@ -347,8 +350,8 @@ mod tests {
             ("ORDERFLOW_HTTP_RATE", "-1"),
             ("ORDERFLOW_HTTP_TRUST_FORWARDED_FOR", "maybe"),
         ] {
-            let e = HttpSettings::from_lookup(|n| (n == var).then(|| value.to_string()))
-                .unwrap_err();
+            let e =
+                HttpSettings::from_lookup(|n| (n == var).then(|| value.to_string())).unwrap_err();
             assert_eq!(e.var, var);
             assert!(e.to_string().contains(var), "{e}");
         }

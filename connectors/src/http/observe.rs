@@ -129,7 +129,7 @@ pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|part| part.trim().parse::<IpAddr>().ok())
-            .last()
+            .next_back()
     {
         return ip;
     }
@@ -201,7 +201,10 @@ mod tests {
             assert!(sane_request_id(&HeaderValue::from_str(ok).unwrap()), "{ok}");
         }
         for bad in ["", "a b", "x\ty", "<script>", &"a".repeat(129)] {
-            assert!(!sane_request_id(&HeaderValue::from_str(bad).unwrap()), "{bad}");
+            assert!(
+                !sane_request_id(&HeaderValue::from_str(bad).unwrap()),
+                "{bad}"
+            );
         }
     }
 }

@@ -169,13 +169,22 @@ pub struct CancelRequest {
 fn check_order(body: &PlaceOrderRequest, buyer_id: &str) -> Result<Vec<OrderItem>, ApiError> {
     let seller_id = body.seller_id.trim();
     if seller_id.is_empty() {
-        return Err(ApiError::invalid_field("sellerId", "sellerId must not be empty"));
+        return Err(ApiError::invalid_field(
+            "sellerId",
+            "sellerId must not be empty",
+        ));
     }
     if seller_id == buyer_id {
-        return Err(ApiError::invalid_field("sellerId", "a buyer cannot order from itself"));
+        return Err(ApiError::invalid_field(
+            "sellerId",
+            "a buyer cannot order from itself",
+        ));
     }
     if body.items.is_empty() {
-        return Err(ApiError::invalid_field("items", "an order needs at least one item"));
+        return Err(ApiError::invalid_field(
+            "items",
+            "an order needs at least one item",
+        ));
     }
     if body.items.len() > MAX_ITEMS {
         return Err(ApiError::invalid_field(
@@ -259,7 +268,14 @@ pub async fn place(
         currency: body.currency,
         placed_at: now_ms(),
     });
-    publish(&state, topics::ORDERS_COMMANDS, &order_id, &command, "the order").await?;
+    publish(
+        &state,
+        topics::ORDERS_COMMANDS,
+        &order_id,
+        &command,
+        "the order",
+    )
+    .await?;
     let event = state
         .streams
         .orders()
@@ -328,8 +344,14 @@ pub async fn list(
     caller: Caller,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<OrderList>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_QUERY", e.body_text()))?;
-    let as_buyer = match params.role.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_QUERY", e.body_text()))?;
+    let as_buyer = match params
+        .role
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None => caller.role == Role::Buyer,
         Some("buyer") => true,
         Some("seller") => false,
@@ -354,7 +376,11 @@ pub async fn list(
         state.streams.orders().of_seller(&caller.user_id)
     };
     Ok(Json(OrderList {
-        orders: orders.into_iter().take(limit).map(OrderView::from).collect(),
+        orders: orders
+            .into_iter()
+            .take(limit)
+            .map(OrderView::from)
+            .collect(),
     }))
 }
 
@@ -399,9 +425,19 @@ pub async fn cancel(
         request_id: new_id(),
         order_id: order_id.clone(),
         requested_by: caller.user_id.clone(),
-        reason: body.and_then(|b| b.reason).map(|r| r.trim().to_string()).filter(|r| !r.is_empty()),
+        reason: body
+            .and_then(|b| b.reason)
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty()),
     });
-    publish(&state, topics::ORDERS_COMMANDS, &order_id, &command, "the cancellation").await?;
+    publish(
+        &state,
+        topics::ORDERS_COMMANDS,
+        &order_id,
+        &command,
+        "the cancellation",
+    )
+    .await?;
     let latest = state
         .streams
         .orders()
@@ -461,12 +497,18 @@ mod tests {
         for (body, field) in [
             (order(vec![], "EUR"), "\"items\""),
             (order(vec![("a", 0, 1)], "EUR"), "items[0].quantity"),
-            (order(vec![("a", 1, 1), ("b", -3, 1)], "EUR"), "items[1].quantity"),
+            (
+                order(vec![("a", 1, 1), ("b", -3, 1)], "EUR"),
+                "items[1].quantity",
+            ),
             (order(vec![("a", 1, -1)], "EUR"), "items[0].unitPrice"),
             (order(vec![("", 1, 1)], "EUR"), "items[0].productId"),
             (order(vec![("a", 1, 1)], "eur"), "currency"),
             (order(vec![("a", 1, 1)], "EURO"), "currency"),
-            (order(vec![("a", i64::from(i32::MAX), i64::MAX)], "EUR"), "\"items\""),
+            (
+                order(vec![("a", i64::from(i32::MAX), i64::MAX)], "EUR"),
+                "\"items\"",
+            ),
         ] {
             let e = check_order(&body, "b1").unwrap_err();
             assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
