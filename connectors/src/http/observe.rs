@@ -3,7 +3,8 @@
 //! tracing span), its count and latency in the metrics by route and status, the rate
 //! limits, and the readiness gate in front of the routes that need the streams.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -119,8 +120,9 @@ pub async fn record(State(state): State<HttpState>, req: Request, next: Next) ->
 
 /// The address a request is counted against: the peer, or with
 /// `trust_forwarded_for` the last `X-Forwarded-For` entry (the address the one
-/// trusted proxy in front of the edge saw).
-pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
+/// trusted proxy in front of the edge saw). `None` when the server was not started
+/// with peer addresses (see [`super::serve`]) and no forwarded address counts.
+pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
     if trust_forwarded_for
         && let Some(ip) = req
             .headers()
@@ -131,11 +133,11 @@ pub fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
             .filter_map(|part| part.trim().parse::<IpAddr>().ok())
             .next_back()
     {
-        return ip;
+        return Some(ip);
     }
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+        .map(|c| c.0.ip())
 }
 
 /// Whether a route is one where a password is tried.
@@ -153,7 +155,17 @@ pub async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next
     if is_probe(&req) {
         return next.run(req).await;
     }
-    let ip = client_ip(&req, state.settings.trust_forwarded_for);
+    let Some(ip) = client_ip(&req, state.settings.trust_forwarded_for) else {
+        // One bucket for every client would throttle everyone for one noisy client;
+        // better no limit, and say so once.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "http: client addresses are unknown (serve with orderflow_connectors::http::serve), so rate limits are off"
+            );
+        }
+        return next.run(req).await;
+    };
     let refused = |limit: &'static str, wait: std::time::Duration, message: &str| {
         state.metrics.add(
             names::RATE_LIMITED,
