@@ -4,9 +4,12 @@
 //! - [`streams`]: what the edges read and write: the publisher, replies, orders,
 //!   the user directory, chat deliveries and history, and readiness.
 //! - [`directory`]: the user table and buyer relations as the edges read them.
+//! - [`auth`]: JWT access and refresh tokens ([`auth::Tokens`], configured by
+//!   [`auth::JwtConfig`] from `JWT_*`) and argon2id password hashing, for the edges.
 //! - [`http`]: the HTTP edge: accounts, sessions and orders over the streams
 //!   ([`http::router`] over an [`http::HttpState`]).
 
+pub mod auth;
 pub mod directory;
 pub mod http;
 pub mod streams;
