@@ -744,6 +744,11 @@ async fn bad_requests_get_the_contract_statuses() {
         .await
         .expect_error(413, "PAYLOAD_TOO_LARGE");
 
+    // A path id that is not UTF-8 once decoded.
+    api.get("/orders/%FF%FE", token)
+        .await
+        .expect_error(400, "BAD_PATH");
+
     // 404 and 405 in the same shape.
     api.get("/no/such/route", None)
         .await
@@ -975,5 +980,76 @@ async fn request_ids_metrics_and_the_openapi_document() {
     assert!(
         paths["/orders"]["post"]["responses"]["422"].is_object(),
         "the error statuses are documented"
+    );
+}
+
+/// Collects the fields of every span opened while it is the default subscriber.
+struct SpanFields(Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={value:?} ", field.name()));
+    }
+}
+
+impl tracing::Subscriber for SpanFields {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = Fields(format!("{} ", span.metadata().name()));
+        span.record(&mut fields);
+        let mut spans = self.0.lock().unwrap();
+        spans.push(fields.0);
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn the_request_id_is_in_the_request_span() {
+    use tower::ServiceExt as _;
+    let sys = system();
+    let app = router(HttpState::new(
+        sys.streams.clone(),
+        hs256_tokens(),
+        sys.metrics.clone(),
+        settings(),
+    ));
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _guard = tracing::subscriber::set_default(SpanFields(spans.clone()));
+
+    let given = axum::http::Request::get("/health")
+        .header("x-request-id", "span-test-7")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(given).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "span-test-7");
+    let generated = axum::http::Request::get("/orders/x")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(generated).await.unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let spans = spans.lock().unwrap().clone();
+    let http: Vec<&String> = spans.iter().filter(|s| s.starts_with("http ")).collect();
+    assert_eq!(http.len(), 2, "{spans:?}");
+    assert!(
+        http[0].contains("request_id=\"span-test-7\"") && http[0].contains("route=\"/health\""),
+        "{spans:?}"
+    );
+    assert!(
+        http[1].contains(&format!("request_id=\"{id}\""))
+            && http[1].contains("route=\"/orders/{orderId}\""),
+        "{spans:?}"
     );
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use orderflow_pipelines::records::{
     AuthCommand, EndSession, RegisterUser, Reply, Role, RotateSession, StartSession, User,
@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use super::HttpState;
 use super::command::{ask, new_id};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, PathId};
 use crate::auth::{
     AccessSubject, PasswordError, check_password_policy, hash_password_async,
     verify_password_async, verify_unknown_user_async,
@@ -560,7 +560,7 @@ pub async fn logout(
 pub async fn user(
     State(state): State<HttpState>,
     caller: Caller,
-    Path(user_id): Path<String>,
+    PathId(user_id): PathId,
 ) -> Result<Json<UserView>, ApiError> {
     let directory = state.streams.directory();
     let unavailable = |error: crate::directory::DirectoryError| {

@@ -126,6 +126,25 @@ impl<T: DeserializeOwned> FromRequest<HttpState> for OptionalJson<T> {
     }
 }
 
+/// The one id in a route's path (`{userId}`, `{orderId}`); 400 when it cannot be
+/// read (not UTF-8 once percent-decoded).
+#[derive(Debug, Clone)]
+pub struct PathId(pub String);
+
+impl FromRequestParts<HttpState> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BAD_PATH", e.body_text()))
+    }
+}
+
 /// The signed-in user, from a verified access token.
 #[derive(Debug, Clone)]
 pub struct Caller {

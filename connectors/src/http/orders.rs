@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_pipelines::records::{
@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::HttpState;
 use super::command::{new_id, now_ms, publish};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, BuyerCaller, Caller, OptionalJson};
+use super::extract::{ApiJson, BuyerCaller, Caller, OptionalJson, PathId};
 
 /// The most lines one order may have.
 pub const MAX_ITEMS: usize = 100;
@@ -325,7 +325,7 @@ fn order_of(state: &HttpState, caller: &Caller, order_id: &str) -> Result<OrderE
 pub async fn get(
     State(state): State<HttpState>,
     caller: Caller,
-    Path(order_id): Path<String>,
+    PathId(order_id): PathId,
 ) -> Result<Json<OrderView>, ApiError> {
     Ok(Json(order_of(&state, &caller, &order_id)?.into()))
 }
@@ -401,7 +401,7 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<HttpState>,
     caller: Caller,
-    Path(order_id): Path<String>,
+    PathId(order_id): PathId,
     OptionalJson(body): OptionalJson<CancelRequest>,
 ) -> Result<(StatusCode, Json<PlacedOrder>), ApiError> {
     let order = order_of(&state, &caller, &order_id)?;
