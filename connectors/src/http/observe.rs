@@ -53,8 +53,8 @@ fn sane_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Drops a client's `x-request-id` that is not [`sane_request_id`], before the
-/// request-id layer fills in a fresh one.
+/// Drops a client's `x-request-id` that is not sane (1 to 128 characters of
+/// `A-Za-z0-9-_.:`), before the request-id layer fills in a fresh one.
 pub async fn drop_insane_request_id(mut req: Request, next: Next) -> Response {
     if req
         .headers()
