@@ -5,6 +5,8 @@
 //!   the user directory, chat deliveries and history, and readiness.
 //! - [`auth`]: JWT access and refresh tokens ([`auth::Tokens`], configured by
 //!   [`auth::JwtConfig`] from `JWT_*`) and argon2id password hashing, for the edges.
+//! - [`http`]: the HTTP edge: accounts, sessions and orders over the streams
+//!   ([`http::router`] over an [`http::HttpState`]).
 //! - [`directory`]: the user table and buyer→seller relations the edges read, in
 //!   process or in Redis.
 //! - [`sql_sink`]: the `orders` and `order_items` tables materialized from
@@ -12,5 +14,6 @@
 
 pub mod auth;
 pub mod directory;
+pub mod http;
 pub mod sql_sink;
 pub mod streams;
