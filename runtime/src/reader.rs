@@ -195,8 +195,7 @@ impl TopicReader {
                     topic: read.topic.clone(),
                 })?;
             for p in 0..partitions as i32 {
-                let (low, high) = consumer
-                    .fetch_watermarks(&read.topic, p, Duration::from_secs(30))
+                let (low, high) = watermarks(&consumer, &read.topic, p)
                     .map_err(kafka(format!("reading the end of {}[{p}]", read.topic)))?;
                 // A live topic starts at the end it has now, resolved here rather than
                 // by the first fetch, so nothing written after `spawn` returns is
@@ -303,6 +302,26 @@ impl Drop for TopicReader {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// A partition's watermarks, retried for a while: a topic created moments ago may
+/// answer "not leader" until its leader is known everywhere.
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, topic, partition, "retrying watermarks");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
