@@ -7,12 +7,15 @@
 //!   [`auth::JwtConfig`] from `JWT_*`) and argon2id password hashing, for the edges.
 //! - [`http`]: the HTTP edge: accounts, sessions and orders over the streams
 //!   ([`http::router`] over an [`http::HttpState`]).
+//! - [`chat`]: the WebSocket chat edge on `/chat` ([`chat::router`] over a
+//!   [`chat::ChatState`], limits in [`chat::ChatSettings`]).
 //! - [`directory`]: the user table and buyer→seller relations the edges read, in
 //!   process or in Redis.
 //! - [`sql_sink`]: the `orders` and `order_items` tables materialized from
 //!   `orders.events` on PostgreSQL, MySQL/MariaDB or SQLite, and their reads.
 
 pub mod auth;
+pub mod chat;
 pub mod directory;
 pub mod http;
 pub mod sql_sink;
