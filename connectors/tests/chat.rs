@@ -5,9 +5,13 @@
 //! from `Tokens`.
 //!
 //! One engine for the whole binary: the topic names are the contract's, so every
-//! engine on the broker would fan each message out again. Each test takes users of
-//! its own; tests that need other limits (or shut their edge down) serve a second
-//! router with their own `ChatState` on the same streams.
+//! engine on the broker would fan each message out again. It starts at the current
+//! end of its input topics (earlier runs' records are not replayed) and is warmed up
+//! once before the first test. Each test takes users of its own; tests that need
+//! other limits (or shut their edge down) serve a second router with their own
+//! `ChatState`, on the shared streams or on streams of their own.
+//!
+//! `CHAT_TEST_LOG=<tracing filter>` shows what the engine and the edge do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -148,7 +152,6 @@ fn start_at_the_end(bootstrap: &str, group: &str, topics: &[&str]) {
 /// Starts the engine (user-cache and chat-fanout), the streams and the default chat
 /// edge on a runtime of their own, which outlives every test.
 fn start_system() -> System {
-    // `CHAT_TEST_LOG=debug` (a tracing filter) shows what the engine and edge do.
     if let Ok(filter) = std::env::var("CHAT_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

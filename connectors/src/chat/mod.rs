@@ -21,9 +21,9 @@
 //!   connections, or anything else.
 //! - [`ChatState::shutdown`] closes every connection with 1001.
 //!
-//! [`frame`] holds the protocol's frames, [`connection`] the life of one connection.
+//! [`frame`] holds the protocol's frames, `connection` the life of one connection.
 
-pub mod connection;
+mod connection;
 pub mod frame;
 
 use std::sync::Arc;
@@ -278,12 +278,12 @@ impl Drop for OpenGuard {
 
 /// Who is on a connection, from the access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatUser {
+struct ChatUser {
     /// The user id (the token's `sub`).
-    pub id: String,
+    id: String,
     /// Buyer or seller: which side of a `dm:<buyerId>:<sellerId>` room the user
     /// may be.
-    pub role: Role,
+    role: Role,
 }
 
 /// The chat edge's routes: `GET /chat`.
