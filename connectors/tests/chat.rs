@@ -370,6 +370,36 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// A plain TCP connection that completes the WebSocket handshake by hand (and
+/// reads nothing more), with a receive buffer of `rcvbuf` bytes if given.
+async fn raw_connect(addr: SocketAddr, token: &str, rcvbuf: Option<u32>) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).expect("rcvbuf");
+    }
+    let mut raw = socket.connect(addr).await.expect("connect");
+    raw.write_all(
+        format!(
+            "GET /chat?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("handshake");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        raw.read_exact(&mut byte).await.expect("handshake response");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    raw
+}
+
 fn room(buyer: &User, seller: &User) -> String {
     format!("dm:{}:{}", buyer.id, seller.id)
 }
@@ -918,6 +948,31 @@ async fn a_missing_or_bad_token_closes_with_1008() {
 }
 
 #[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let s = system();
+    let user = register(Role::Buyer).await;
+    let mut raw = raw_connect(s.addr, &user.token, None).await;
+    // A final text frame (0x81), masked, of two bytes that are not UTF-8.
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let payload = [0xff_u8, 0xfe];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    raw.write_all(&frame).await.expect("frame");
+    // The server's answer: an unmasked close frame (0x88) whose payload starts
+    // with the code.
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, raw.read_exact(&mut head))
+        .await
+        .expect("a close frame")
+        .expect("read");
+    assert_eq!(head[0], 0x88, "{head:?}");
+    let mut body = vec![0u8; usize::from(head[1] & 0x7f)];
+    raw.read_exact(&mut body).await.expect("close payload");
+    assert_eq!(u16::from_be_bytes([body[0], body[1]]), 1007);
+}
+
+#[tokio::test]
 async fn deliveries_reach_every_connection_of_a_recipient() {
     let s = system();
     let (buyer, seller) = (register(Role::Buyer).await, register(Role::Seller).await);
@@ -992,29 +1047,7 @@ async fn a_client_that_never_reads_does_not_slow_the_others() {
 
     // The stuck client: a raw socket with a small receive buffer that completes the
     // handshake and never reads again.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut raw = socket.connect(addr).await.expect("connect");
-    raw.write_all(
-        format!(
-            "GET /chat?token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            stuck.token
-        )
-        .as_bytes(),
-    )
-    .await
-    .expect("handshake");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        raw.read_exact(&mut byte).await.expect("handshake response");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut raw = raw_connect(addr, &stuck.token, Some(4096)).await;
     eventually("the stuck client is connected", || {
         edge.open_connections() == 1
     })
