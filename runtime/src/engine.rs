@@ -66,6 +66,14 @@ pub struct EngineConfig {
     /// Extra librdkafka settings for every client (for example
     /// `session.timeout.ms`).
     pub client_overrides: BTreeMap<String, String>,
+    /// Extra librdkafka settings for the consumers only (a producer warns about
+    /// consumer properties such as `session.timeout.ms`).
+    pub consumer_overrides: BTreeMap<String, String>,
+    /// Static group membership (`group.instance.id` from the instance id): a
+    /// restarted instance takes its partitions back at once instead of waiting for
+    /// its crashed predecessor's session to expire. Only for an instance id that
+    /// one process at a time uses (as `orderflow up` does).
+    pub static_membership: bool,
     /// Where the engine's metrics go (served on `/metrics` by whoever owns it).
     pub metrics: Arc<Metrics>,
 }
@@ -86,6 +94,8 @@ impl EngineConfig {
             processors: Vec::new(),
             instance_id,
             client_overrides: BTreeMap::new(),
+            consumer_overrides: BTreeMap::new(),
+            static_membership: false,
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -231,6 +241,15 @@ pub async fn run(
         }
     }
     result
+}
+
+/// [`client_config`] plus the consumer-only settings.
+fn consumer_config(config: &EngineConfig) -> ClientConfig {
+    let mut c = client_config(config);
+    for (k, v) in &config.consumer_overrides {
+        c.set(k, v);
+    }
+    c
 }
 
 fn client_config(config: &EngineConfig) -> ClientConfig {
@@ -502,7 +521,14 @@ impl StreamThread {
             .iter()
             .flat_map(|n| n.inputs.iter().map(String::as_str))
             .collect();
-        let consumer: BaseConsumer<RebalanceLog> = client_config(&config)
+        let mut consumer_settings = consumer_config(&config);
+        if config.static_membership {
+            consumer_settings.set(
+                "group.instance.id",
+                format!("{app}-{}-{guarantee}", config.instance_id),
+            );
+        }
+        let consumer: BaseConsumer<RebalanceLog> = consumer_settings
             .set("group.id", &app)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -739,7 +765,7 @@ impl StreamThread {
         let topology = &self.shared.topology;
         let mut out: BTreeMap<(String, i32), Vec<RestoredEntry>> = BTreeMap::new();
         let mut wanted: BTreeMap<(String, i32), Wanted> = BTreeMap::new();
-        let consumer: BaseConsumer = client_config(&self.config)
+        let consumer: BaseConsumer = consumer_config(&self.config)
             .set("group.id", format!("{}-restore", topology.app))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
@@ -829,7 +855,7 @@ impl StreamThread {
     }
 
     fn start_globals(&mut self, topics: &BTreeSet<String>) -> Result<(), EngineError> {
-        let consumer: BaseConsumer = client_config(&self.config)
+        let consumer: BaseConsumer = consumer_config(&self.config)
             .set("group.id", format!("{}-global", self.shared.topology.app))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")

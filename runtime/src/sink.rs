@@ -87,8 +87,10 @@ pub trait SinkWriter: Send {
 pub struct SinkConfig {
     /// `bootstrap.servers`.
     pub bootstrap: String,
-    /// Extra librdkafka settings.
+    /// Extra librdkafka settings for every client.
     pub overrides: Vec<(String, String)>,
+    /// Extra librdkafka settings for the consumer only.
+    pub consumer_overrides: Vec<(String, String)>,
     /// The consumer group, `<app>-<sink>`.
     pub group: String,
     /// The sink's name (logs, metrics, dead-letter headers).
@@ -110,6 +112,7 @@ impl SinkConfig {
         SinkConfig {
             bootstrap: bootstrap.to_string(),
             overrides: Vec::new(),
+            consumer_overrides: Vec::new(),
             group: format!("{app}-{name}"),
             name: name.to_string(),
             topics,
@@ -169,7 +172,7 @@ pub async fn run_sink(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("log_level", "4");
-    for (k, v) in &config.overrides {
+    for (k, v) in config.overrides.iter().chain(&config.consumer_overrides) {
         client.set(k, v);
     }
     let consumer: StreamConsumer = client.create().map_err(kafka("creating the consumer"))?;

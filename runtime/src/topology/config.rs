@@ -249,7 +249,7 @@ pub struct EdgeConfig {
 }
 
 /// The kinds of edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EdgeKind {
     /// The HTTP API.

@@ -13,4 +13,4 @@ pub use compile::{
     Edge, ProcessorNode, Sink, Store, Topic, Topology, TopologyError, TopologyErrors, load,
     load_str,
 };
-pub use config::{Cleanup, Guarantee, TimeDomain};
+pub use config::{Cleanup, EdgeKind, Guarantee, SinkKind, TimeDomain};
