@@ -9,6 +9,9 @@
 //!   ([`http::router`] over an [`http::HttpState`]).
 //! - [`chat`]: the WebSocket chat edge on `/chat` ([`chat::router`] over a
 //!   [`chat::ChatState`], limits in [`chat::ChatSettings`]).
+//! - [`chat`]: the WebSocket chat edge on `/chat`.
+//! - [`node`]: the processors, edges and sinks one process runs (`orderflow run`).
+//! - [`up`]: the whole system on one machine (`orderflow up`).
 //! - [`directory`]: the user table and buyer→seller relations the edges read, in
 //!   process or in Redis.
 //! - [`sql_sink`]: the `orders` and `order_items` tables materialized from
@@ -18,5 +21,7 @@ pub mod auth;
 pub mod chat;
 pub mod directory;
 pub mod http;
+pub mod node;
 pub mod sql_sink;
 pub mod streams;
+pub mod up;

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub bootstrap: String,
     /// Extra librdkafka settings for every client.
     pub kafka_overrides: Vec<(String, String)>,
+    /// Extra librdkafka settings for the consumers only (`session.timeout.ms`).
+    pub consumer_overrides: Vec<(String, String)>,
     /// The topology.
     pub topology: Arc<Topology>,
     /// The processor kinds.
@@ -65,8 +67,11 @@ pub struct NodeConfig {
     pub chat: ChatSettings,
     /// The process's metrics (served on the HTTP edge's `/metrics`).
     pub metrics: Arc<Metrics>,
-    /// Names this instance in transactional ids (see `EngineConfig::instance_id`);
-    /// `None` takes `ORDERFLOW_INSTANCE_ID` or a new one per start.
+    /// Names this instance in transactional ids and, as a static group member, in
+    /// its consumer groups (see `EngineConfig::instance_id` and
+    /// `static_membership`): only for an id one process at a time uses. `None`
+    /// takes `ORDERFLOW_INSTANCE_ID` or a new one per start, without static
+    /// membership.
     pub instance_id: Option<String>,
 }
 
@@ -75,16 +80,16 @@ pub struct NodeConfig {
 pub enum NodeError {
     /// The processors stopped the node.
     #[error("{0}")]
-    Engine(#[from] EngineError),
+    Engine(Box<EngineError>),
     /// A schema was refused.
     #[error("{0}")]
-    Register(#[from] RegisterError),
+    Register(Box<RegisterError>),
     /// The edges could not reach the streams.
     #[error("{0}")]
-    Streams(#[from] StreamsError),
+    Streams(Box<StreamsError>),
     /// A sink stopped.
     #[error("{0}")]
-    Sink(#[from] SinkError),
+    Sink(Box<SinkError>),
     /// A SQL sink's database could not be opened.
     #[error("sink {sink}: {error}")]
     Sql {
@@ -109,12 +114,30 @@ pub enum NodeError {
     Config(String),
 }
 
+macro_rules! boxed_from {
+    ($($variant:ident($error:ty)),*) => {
+        $(impl From<$error> for NodeError {
+            fn from(error: $error) -> Self {
+                NodeError::$variant(Box::new(error))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    Engine(EngineError),
+    Register(RegisterError),
+    Streams(StreamsError),
+    Sink(SinkError)
+);
+
 /// Runs the node until `shutdown` completes or a part of it fails; then stops every
 /// part cleanly (edges drain first, processors commit, sinks commit).
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let NodeConfig {
         bootstrap,
         kafka_overrides,
+        consumer_overrides,
         topology,
         catalog,
         registry,
@@ -130,8 +153,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         instance_id,
     } = config;
     let mut engine_config = EngineConfig::new(&bootstrap);
-    if let Some(id) = instance_id {
-        engine_config.instance_id = id;
+    if let Some(id) = &instance_id {
+        engine_config.instance_id = id.clone();
+        engine_config.static_membership = true;
     }
     engine_config
         .client_overrides
@@ -188,6 +212,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let mut sink_config =
             SinkConfig::new(&bootstrap, &topology.app, &name, sink.inputs.clone());
         sink_config.overrides = kafka_overrides.clone();
+        sink_config.consumer_overrides = consumer_overrides.clone();
+        if let Some(id) = &instance_id {
+            sink_config
+                .consumer_overrides
+                .push(("group.instance.id".to_string(), format!("{id}-{name}")));
+        }
         sink_config.dead_letter = sink.dead_letter.clone();
         let (serde, registry, metrics, stop) =
             (serde.clone(), registry.clone(), metrics.clone(), stopped());

@@ -101,7 +101,7 @@ pub enum UpError {
     Jwt(String),
     /// The system stopped with an error.
     #[error("{0}")]
-    Node(#[from] NodeError),
+    Node(#[from] Box<NodeError>),
     /// The registry's listener failed.
     #[error("schema registry: {0}")]
     Serve(std::io::Error),
@@ -192,9 +192,10 @@ async fn run_on(
     }
     let node_config = NodeConfig {
         bootstrap: bootstrap.to_string(),
+        kafka_overrides: Vec::new(),
         // One instance on one machine: a restart after a crash should not wait long
         // for its dead predecessor's group membership to expire.
-        kafka_overrides: vec![("session.timeout.ms".to_string(), "10000".to_string())],
+        consumer_overrides: vec![("session.timeout.ms".to_string(), "10000".to_string())],
         topology: topology.clone(),
         catalog,
         registry,
@@ -224,7 +225,7 @@ async fn run_on(
     if let Err(e) = log.persisted().await {
         tracing::warn!(error = %e, "schema registry: not every schema was persisted");
     }
-    result?;
+    result.map_err(Box::new)?;
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(UpError::Serve(e)),

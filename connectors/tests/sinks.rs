@@ -103,7 +103,8 @@ async fn orders_sql_and_cache_sinks_follow_their_topics() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let config = NodeConfig {
         bootstrap: bootstrap(),
-        kafka_overrides: vec![("session.timeout.ms".into(), "6000".into())],
+        kafka_overrides: Vec::new(),
+        consumer_overrides: vec![("session.timeout.ms".into(), "6000".into())],
         topology: topology.clone(),
         catalog: orderflow_pipelines::catalog(),
         registry: registry.clone(),
