@@ -18,8 +18,39 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run processors of topology.yaml against a real Kafka cluster
-    /// (KAFKA_BROKERS) and schema registry (SCHEMA_REGISTRY_URL) until Ctrl-C.
+    /// The whole system on this machine: a managed Apache Kafka (fetched and cached
+    /// on first use, data under --data), the schema registry, every processor,
+    /// the HTTP and chat edges and the SQLite sink, until Ctrl-C. With
+    /// KAFKA_BROKERS set it uses that cluster and starts no broker.
+    Up {
+        /// The data dir: the broker's data, the SQLite database, the JWT secret.
+        #[arg(long, default_value = "./.orderflow", env = "ORDERFLOW_DATA")]
+        data: PathBuf,
+        /// The HTTP edge's listener; the chat edge is /chat on it. Port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+        /// The managed broker's client listener. Port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: std::net::SocketAddr,
+        /// The schema registry's listener. Port 0 picks one.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        registry: std::net::SocketAddr,
+        /// Also write the endpoints as JSON (keys http, chat, kafka, schema-registry).
+        #[arg(long)]
+        endpoints: Option<PathBuf>,
+        /// The topology file.
+        #[arg(
+            long,
+            short,
+            default_value = "topology.yaml",
+            env = "ORDERFLOW_TOPOLOGY"
+        )]
+        file: PathBuf,
+    },
+    /// Run processors, edges and sinks of topology.yaml against a real Kafka
+    /// cluster (KAFKA_BROKERS) and schema registry (SCHEMA_REGISTRY_URL) until
+    /// Ctrl-C. With no --processor, --edge or --sink: every processor, plus the
+    /// sinks whose target is set (orders-sql with DATABASE_URL, cache with REDIS_URL).
     Run {
         /// The topology file.
         #[arg(
@@ -29,9 +60,25 @@ enum Command {
             env = "ORDERFLOW_TOPOLOGY"
         )]
         file: PathBuf,
-        /// A processor to run (repeat for several); all of them when absent.
+        /// A processor to run (repeat for several).
         #[arg(long = "processor")]
         processors: Vec<String>,
+        /// An edge to serve on --http: `http` or `ws` (repeat for both).
+        #[arg(long = "edge", value_parser = ["http", "ws"])]
+        edges: Vec<String>,
+        /// A sink to run (repeat for several): `orders-sql` writes DATABASE_URL,
+        /// `cache` writes REDIS_URL.
+        #[arg(long = "sink")]
+        sinks: Vec<String>,
+        /// The edges' listener.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "ORDERFLOW_HTTP")]
+        http: std::net::SocketAddr,
+        /// The database of the `orders-sql` sink (postgres://, mysql://, sqlite://).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Redis for the `cache` sink and the edges' user directory.
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
         /// The Kafka cluster.
         #[arg(long, env = "KAFKA_BROKERS")]
         brokers: String,
@@ -169,14 +216,39 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Topology { command } => topology_command(command),
+        Command::Up {
+            data,
+            http,
+            kafka,
+            registry,
+            endpoints,
+            file,
+        } => up_command(data, http, kafka, registry, endpoints, file),
         Command::Run {
             file,
             processors,
+            edges,
+            sinks,
+            http,
+            database_url,
+            redis_url,
             brokers,
             registry,
             metrics,
             kafka_config,
-        } => run_command(file, processors, brokers, registry, metrics, kafka_config),
+        } => run_command(RunArgs {
+            file,
+            processors,
+            edges,
+            sinks,
+            http,
+            database_url,
+            redis_url,
+            brokers,
+            registry,
+            metrics,
+            kafka_config,
+        }),
         Command::Broker { data, listen } => broker_command(data, listen),
         Command::Produce {
             topic,
@@ -401,34 +473,22 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn run_command(
+/// What `orderflow run` was told.
+struct RunArgs {
     file: PathBuf,
     processors: Vec<String>,
+    edges: Vec<String>,
+    sinks: Vec<String>,
+    http: std::net::SocketAddr,
+    database_url: Option<String>,
+    redis_url: Option<String>,
     brokers: String,
     registry: String,
     metrics: Option<std::net::SocketAddr>,
     kafka_config: Vec<(String, String)>,
-) -> ExitCode {
-    use orderflow_runtime::engine::{self, EngineConfig};
-    use orderflow_runtime::registry::RegistryClient;
-    let catalog = orderflow_pipelines::catalog();
-    let topology = match topology::load(&file, &catalog) {
-        Ok(t) => std::sync::Arc::new(t),
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let registry = match RegistryClient::remote(&registry) {
-        Ok(r) => std::sync::Arc::new(r),
-        Err(e) => {
-            eprintln!("orderflow run: schema registry {registry}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut config = EngineConfig::new(brokers);
-    config.processors = processors;
-    config.client_overrides.extend(kafka_config);
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -436,34 +496,188 @@ fn run_command(
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        if let Some(addr) = metrics {
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    return Err(format!("cannot listen on {addr} for metrics: {e}"));
-                }
-            };
-            if let Ok(bound) = listener.local_addr() {
-                let mut stdout = std::io::stdout().lock();
-                let _ = writeln!(stdout, "metrics: http://{bound}/metrics")
-                    .and_then(|()| stdout.flush());
-            }
-            let registry = config.metrics.clone();
-            tokio::spawn(orderflow_runtime::metrics::serve(
-                listener,
-                registry,
-                std::future::pending(),
-            ));
+    match runtime.block_on(run_node(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow run: {e:#}");
+            ExitCode::FAILURE
         }
-        engine::run(topology, catalog, registry, config, shutdown_signal())
+    }
+}
+
+async fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use orderflow_connectors::node::{self, NodeConfig};
+    use orderflow_runtime::registry::RegistryClient;
+    use orderflow_runtime::topology::EdgeKind;
+    let catalog = orderflow_pipelines::catalog();
+    let topology = std::sync::Arc::new(
+        topology::load(&args.file, &catalog).map_err(|errors| anyhow::anyhow!("{errors}"))?,
+    );
+    let registry = std::sync::Arc::new(
+        RegistryClient::remote(&args.registry)
+            .with_context(|| format!("schema registry {}", args.registry))?,
+    );
+    let everything = args.processors.is_empty() && args.edges.is_empty() && args.sinks.is_empty();
+    let processors = if everything {
+        Some(Vec::new())
+    } else if args.processors.is_empty() {
+        None
+    } else {
+        Some(args.processors.clone())
+    };
+    let mut sink_names = args.sinks.clone();
+    if everything {
+        if args.database_url.is_some() {
+            sink_names.push("orders-sql".to_string());
+        }
+        if args.redis_url.is_some() {
+            sink_names.push("cache".to_string());
+        }
+    }
+    let mut sinks = Vec::new();
+    for name in sink_names {
+        let kind = topology
+            .sinks
+            .get(&name)
+            .map(|s| s.kind)
+            .with_context(|| format!("no sink {name:?} in {}", args.file.display()))?;
+        let target = match kind {
+            orderflow_runtime::topology::SinkKind::Sql => args
+                .database_url
+                .clone()
+                .with_context(|| format!("sink {name} writes DATABASE_URL, which is not set"))?,
+            orderflow_runtime::topology::SinkKind::Redis => args
+                .redis_url
+                .clone()
+                .with_context(|| format!("sink {name} writes REDIS_URL, which is not set"))?,
+        };
+        sinks.push((name, target));
+    }
+    let edges: std::collections::BTreeSet<EdgeKind> = args
+        .edges
+        .iter()
+        .map(|e| {
+            if e == "ws" {
+                EdgeKind::Ws
+            } else {
+                EdgeKind::Http
+            }
+        })
+        .collect();
+    let metrics = std::sync::Arc::new(orderflow_runtime::metrics::Metrics::new());
+    let (listener, tokens) = if edges.is_empty() {
+        (None, None)
+    } else {
+        let config = orderflow_connectors::auth::token::JwtConfig::from_env()
+            .context("the edges sign and check tokens")?;
+        let tokens = orderflow_connectors::auth::token::Tokens::new(&config)
+            .context("the edges sign and check tokens")?;
+        let listener = tokio::net::TcpListener::bind(args.http)
             .await
-            .map_err(|e| e.to_string())
-    });
+            .with_context(|| format!("cannot listen on {} for the edges", args.http))?;
+        let bound = listener.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        if edges.contains(&EdgeKind::Http) {
+            writeln!(stdout, "http: http://{bound}")?;
+        }
+        if edges.contains(&EdgeKind::Ws) {
+            writeln!(stdout, "chat: ws://{bound}/chat")?;
+        }
+        stdout.flush()?;
+        (Some(listener), Some(std::sync::Arc::new(tokens)))
+    };
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let bound = listener.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "metrics: http://{bound}/metrics")?;
+        stdout.flush()?;
+        tokio::spawn(orderflow_runtime::metrics::serve(
+            listener,
+            metrics.clone(),
+            std::future::pending(),
+        ));
+    }
+    let config = NodeConfig {
+        bootstrap: args.brokers,
+        kafka_overrides: args.kafka_config,
+        consumer_overrides: Vec::new(),
+        topology,
+        catalog,
+        registry,
+        processors,
+        edges,
+        listener,
+        sinks,
+        redis_url: args.redis_url,
+        tokens,
+        http: orderflow_connectors::http::HttpSettings::from_env()?,
+        chat: orderflow_connectors::chat::ChatSettings::default(),
+        metrics,
+        instance_id: None,
+    };
+    node::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn up_command(
+    data: PathBuf,
+    http: std::net::SocketAddr,
+    kafka: std::net::SocketAddr,
+    registry: std::net::SocketAddr,
+    endpoints: Option<PathBuf>,
+    file: PathBuf,
+) -> ExitCode {
+    use orderflow_connectors::up::{self, UpConfig};
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow up: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = UpConfig {
+        data,
+        http,
+        kafka,
+        registry,
+        topology: file,
+        kafka_brokers: std::env::var("KAFKA_BROKERS")
+            .ok()
+            .filter(|b| !b.trim().is_empty()),
+        redis_url: std::env::var("REDIS_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty()),
+    };
+    let mut written = Ok(());
+    let result = runtime.block_on(up::up(
+        config,
+        |line| eprintln!("{line}"),
+        |found| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(found.lines().as_bytes())
+                .and_then(|()| stdout.flush());
+            if let Some(path) = &endpoints {
+                written = serde_json::to_vec_pretty(found)
+                    .map_err(std::io::Error::other)
+                    .and_then(|json| std::fs::write(path, json))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()));
+            }
+        },
+        shutdown_signal(),
+    ));
+    if let Err(e) = written {
+        eprintln!("orderflow up: {e}");
+        return ExitCode::FAILURE;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("orderflow run: {e}");
+            eprintln!("orderflow up: {e}");
             ExitCode::FAILURE
         }
     }
