@@ -122,42 +122,14 @@ enum Command {
     /// `orderflow consume` prints is accepted as it is). A topic carrying several
     /// record types takes `{"RecordName": {...}}` or the bare record.
     Produce {
-        /// The topic (one of topology.yaml's).
-        topic: String,
-        /// The topology file (for the topic's schema).
-        #[arg(
-            long,
-            short,
-            default_value = "topology.yaml",
-            env = "ORDERFLOW_TOPOLOGY"
-        )]
-        file: PathBuf,
-        /// The Kafka cluster.
-        #[arg(long, env = "KAFKA_BROKERS")]
-        brokers: String,
-        /// The schema registry (Confluent-compatible).
-        #[arg(long, env = "SCHEMA_REGISTRY_URL")]
-        registry: String,
+        #[command(flatten)]
+        on: TopicArgs,
     },
     /// Print a topic's records as JSON lines: topic, partition, offset, timestamp,
     /// key and value (or `error` for a record that does not decode).
     Consume {
-        /// The topic (one of topology.yaml's).
-        topic: String,
-        /// The topology file (for the topic's schema).
-        #[arg(
-            long,
-            short,
-            default_value = "topology.yaml",
-            env = "ORDERFLOW_TOPOLOGY"
-        )]
-        file: PathBuf,
-        /// The Kafka cluster.
-        #[arg(long, env = "KAFKA_BROKERS")]
-        brokers: String,
-        /// The schema registry (Confluent-compatible).
-        #[arg(long, env = "SCHEMA_REGISTRY_URL")]
-        registry: String,
+        #[command(flatten)]
+        on: TopicArgs,
         /// Start at the beginning of the topic, or at its end (only new records).
         #[arg(long, default_value = "beginning", value_parser = ["beginning", "end"])]
         from: String,
@@ -174,6 +146,27 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+}
+
+/// The topic `produce` and `consume` work on, and where it lives.
+#[derive(Debug, clap::Args)]
+struct TopicArgs {
+    /// The topic (one of topology.yaml's).
+    topic: String,
+    /// The topology file (for the topic's schema).
+    #[arg(
+        long,
+        short,
+        default_value = "topology.yaml",
+        env = "ORDERFLOW_TOPOLOGY"
+    )]
+    file: PathBuf,
+    /// The Kafka cluster.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: String,
+    /// The schema registry (Confluent-compatible).
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    registry: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,24 +243,14 @@ fn main() -> ExitCode {
             kafka_config,
         }),
         Command::Broker { data, listen } => broker_command(data, listen),
-        Command::Produce {
-            topic,
-            file,
-            brokers,
-            registry,
-        } => io_command("produce", || {
-            produce_command(topic, file, brokers, registry)
-        }),
+        Command::Produce { on } => io_command("produce", || produce_command(on)),
         Command::Consume {
-            topic,
-            file,
-            brokers,
-            registry,
+            on,
             from,
             follow,
             max,
         } => io_command("consume", || {
-            consume_command(topic, file, brokers, registry, from == "end", follow, max)
+            consume_command(on, from == "end", follow, max)
         }),
         Command::Registry {
             listen,
@@ -761,12 +744,13 @@ async fn topic_io(
     Ok((registry, serde, schema))
 }
 
-async fn produce_command(
-    topic: String,
-    file: PathBuf,
-    brokers: String,
-    registry: String,
-) -> anyhow::Result<ExitCode> {
+async fn produce_command(on: TopicArgs) -> anyhow::Result<ExitCode> {
+    let TopicArgs {
+        topic,
+        file,
+        brokers,
+        registry,
+    } = on;
     use std::io::BufRead as _;
     let (_registry, serde, schema) = topic_io(&topic, &file, &registry).await?;
     let publisher = orderflow_runtime::publish::Publisher::new(&brokers, &[], serde)?;
@@ -847,15 +831,18 @@ fn parse_line(
 }
 
 async fn consume_command(
-    topic: String,
-    file: PathBuf,
-    brokers: String,
-    registry: String,
+    on: TopicArgs,
     from_end: bool,
     follow: bool,
     max: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     use orderflow_runtime::reader::{RawRecord, ReadTopic, ReaderConfig, TopicReader};
+    let TopicArgs {
+        topic,
+        file,
+        brokers,
+        registry,
+    } = on;
     let (registry, serde, schema) = topic_io(&topic, &file, &registry).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<RawRecord>>();
     let read = if from_end {

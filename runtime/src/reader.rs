@@ -232,11 +232,11 @@ impl TopicReader {
                             tracing::warn!(reader = %thread_name, error = %e, "topic reader: poll failed; retrying");
                         }
                         Some(Ok(m)) => {
-                            batch.push(raw(&m));
+                            batch.push(RawRecord::from_message(&m));
                             // Drain what is already fetched, without waiting.
                             while batch.len() < 1000 {
                                 match consumer.poll(Duration::ZERO) {
-                                    Some(Ok(m)) => batch.push(raw(&m)),
+                                    Some(Ok(m)) => batch.push(RawRecord::from_message(&m)),
                                     Some(Err(e)) => {
                                         tracing::warn!(reader = %thread_name, error = %e, "topic reader: poll failed");
                                         break;
@@ -326,30 +326,37 @@ fn watermarks(
     }
 }
 
-fn raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
-    RawRecord {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-        value: m.payload().map(<[u8]>::to_vec),
-        timestamp: m.timestamp().to_millis().unwrap_or(0),
-        headers: m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+/// A message's headers as owned pairs (a header without a value: empty bytes).
+pub fn headers_of<M: Message>(m: &M) -> Vec<(String, Vec<u8>)> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl RawRecord {
+    /// The record a consumer read.
+    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        RawRecord {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            headers: headers_of(m),
+        }
     }
 }
 

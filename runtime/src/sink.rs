@@ -16,13 +16,13 @@ use apache_avro::types::Value;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::avro::AvroRecord;
 use crate::dead_letter::DeadLetter;
 use crate::metrics::Metrics;
 use crate::publish::{PublishError, Publisher};
+use crate::reader::RawRecord;
 use crate::registry::RegistryClient;
 use crate::wire::TopicSerde;
 
@@ -207,9 +207,9 @@ pub async fn run_sink(
             () = &mut shutdown => break,
             m = consumer.recv() => m,
         };
-        let mut raw: Vec<Raw> = Vec::new();
+        let mut raw: Vec<RawRecord> = Vec::new();
         match first {
-            Ok(m) => raw.push(Raw::from(&m)),
+            Ok(m) => raw.push(RawRecord::from_message(&m)),
             Err(e) => {
                 tracing::warn!(sink = %config.name, error = %e, "sink: consume failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -219,7 +219,7 @@ pub async fn run_sink(
         let deadline = tokio::time::Instant::now() + config.batch_wait;
         while raw.len() < config.batch_max {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(m)) => raw.push(Raw::from(&m)),
+                Ok(Ok(m)) => raw.push(RawRecord::from_message(&m)),
                 Ok(Err(e)) => {
                     tracing::warn!(sink = %config.name, error = %e, "sink: consume failed");
                     break;
@@ -321,7 +321,7 @@ pub async fn run_sink(
 async fn send_dead_letter(
     publisher: &Publisher,
     config: &SinkConfig,
-    r: &Raw,
+    r: &RawRecord,
     kind: &str,
     message: &str,
 ) -> Result<(), SinkError> {
@@ -343,43 +343,4 @@ async fn send_dead_letter(
             sink: config.name.clone(),
             error,
         })
-}
-
-struct Raw {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: String,
-    value: Option<Vec<u8>>,
-    timestamp: i64,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Raw {
-    fn from(m: &BorrowedMessage<'_>) -> Self {
-        Raw {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default(),
-            value: m.payload().map(<[u8]>::to_vec),
-            timestamp: m.timestamp().to_millis().unwrap_or(0),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
 }
