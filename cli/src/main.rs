@@ -772,13 +772,26 @@ async fn produce_command(on: TopicArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let (publisher, topic) = (publisher.clone(), topic.clone());
+        // Enqueued here, in line order (records of one key keep their order); the
+        // broker's confirmations are awaited concurrently.
+        let bytes = match value {
+            Some(value) => match publisher.serde().encode_value(&topic, value) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    eprintln!("stdin:{}: {e}", number + 1);
+                    bad += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let pending = publisher.enqueue(&topic, &key, bytes.as_deref()).await?;
         sends.spawn(async move {
-            let sent = match value {
-                Some(value) => publisher.publish_value(&topic, &key, value).await,
-                None => publisher.publish_bytes(&topic, &key, None, &[]).await,
-            };
-            sent.map_err(|e| format!("stdin:{}: {e}", number + 1))
+            pending
+                .confirmed()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("stdin:{}: {e}", number + 1))
         });
         // Bounded in flight: the producer batches, the memory stays small.
         while sends.len() >= 1000 {

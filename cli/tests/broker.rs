@@ -18,17 +18,26 @@ fn start(data: &Path) -> (Child, String) {
         .args(["broker", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Its progress and, when it fails, why: in the test's output.
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("kafka: ")
-        .unwrap_or_else(|| panic!("expected `kafka: host:port`, got {line:?}"))
-        .to_string();
+    let addr = match line.trim().strip_prefix("kafka: ") {
+        Some(addr) => addr.to_string(),
+        None => {
+            let status = child.wait().unwrap();
+            let log = std::fs::read_to_string(data.join("broker.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "expected `kafka: host:port`, got {line:?}; orderflow broker exited with {status} (its stderr is above); the end of broker.log:\n{}",
+                tail.join("\n")
+            );
+        }
+    };
     (child, addr)
 }
 

@@ -11,6 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::avro::AvroRecord;
 use crate::wire::{EncodeError, TopicSerde};
@@ -41,6 +42,38 @@ pub struct Published {
     pub partition: i32,
     /// The offset.
     pub offset: i64,
+}
+
+/// A record the producer has, not yet confirmed by the broker.
+pub struct Pending {
+    topic: String,
+    delivery: rdkafka::producer::DeliveryFuture,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Waits for the broker's answer.
+    pub async fn confirmed(self) -> Result<Published, PublishError> {
+        let failed = |error| PublishError::Kafka {
+            topic: self.topic.clone(),
+            error,
+        };
+        match self.delivery.await {
+            Ok(Ok(delivery)) => Ok(Published {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((error, _))) => Err(failed(error)),
+            Err(_) => Err(failed(KafkaError::Canceled)),
+        }
+    }
 }
 
 /// An idempotent producer with the topology's serde. Cheap to clone.
@@ -137,6 +170,40 @@ impl Publisher {
                 topic: topic.to_string(),
                 error,
             }),
+        }
+    }
+
+    /// Hands a record to the producer now, in call order (so records of one key keep
+    /// the order they were enqueued in), waiting only while the producer's queue is
+    /// full; [`Pending::confirmed`] then waits for the broker.
+    pub async fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<Pending, PublishError> {
+        loop {
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    return Ok(Pending {
+                        topic: topic.to_string(),
+                        delivery,
+                    });
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => {
+                    return Err(PublishError::Kafka {
+                        topic: topic.to_string(),
+                        error,
+                    });
+                }
+            }
         }
     }
 
