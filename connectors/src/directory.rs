@@ -103,6 +103,33 @@ pub enum DirectoryUpdate<'a> {
     },
 }
 
+/// An owned record of `auth.users` or `auth.relations`, as a feeder decodes it; a
+/// batch of them, kept in offset order, lends [`DirectoryUpdate`]s to
+/// [`DirectoryWriter::apply_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryRecord {
+    /// A record of `auth.users`; `None` for a tombstone.
+    User(String, Option<User>),
+    /// A record of `auth.relations`; `None` for a tombstone.
+    Relation(String, Option<BuyerSeller>),
+}
+
+impl DirectoryRecord {
+    /// The update this record applies.
+    pub fn update(&self) -> DirectoryUpdate<'_> {
+        match self {
+            DirectoryRecord::User(key, user) => DirectoryUpdate::User {
+                key,
+                user: user.as_ref(),
+            },
+            DirectoryRecord::Relation(key, relation) => DirectoryUpdate::Relation {
+                key,
+                relation: relation.as_ref(),
+            },
+        }
+    }
+}
+
 /// The write side: applies records of `auth.users` and `auth.relations`. Records of
 /// one key must be applied in offset order; records of different keys in any order.
 /// Applying records again (a replay from an earlier offset) converges to the same

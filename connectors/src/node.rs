@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use orderflow_pipelines::records::{BuyerSeller, OrderEvent, User, topics};
+use orderflow_pipelines::records::{OrderEvent, topics};
 use orderflow_runtime::engine::{self, EngineConfig, EngineError};
 use orderflow_runtime::metrics::Metrics;
 use orderflow_runtime::processor::Catalog;
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::auth::token::Tokens;
 use crate::chat::{ChatSettings, ChatState};
 use crate::directory::{
-    Directory, DirectoryError, DirectoryUpdate, DirectoryWriter, RedisDirectory,
+    Directory, DirectoryError, DirectoryRecord, DirectoryUpdate, DirectoryWriter, RedisDirectory,
 };
 use crate::http::{HttpSettings, HttpState};
 use crate::sql_sink::{OrdersSql, SqlSinkError};
@@ -360,14 +360,17 @@ struct CacheWriter {
 impl SinkWriter for CacheWriter {
     fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> WriteFuture<'a> {
         Box::pin(async move {
-            let mut users: Vec<(usize, Option<User>)> = Vec::new();
-            let mut relations: Vec<(usize, Option<BuyerSeller>)> = Vec::new();
+            // In batch order, which is offset order within each key.
+            let mut records = Vec::with_capacity(batch.len());
             for (index, record) in batch.iter().enumerate() {
                 let rejected = |message| WriteError::Reject { index, message };
-                match record.topic.as_str() {
-                    topics::AUTH_USERS => users.push((index, record.decode().map_err(rejected)?)),
+                let key = record.key.clone();
+                records.push(match record.topic.as_str() {
+                    topics::AUTH_USERS => {
+                        DirectoryRecord::User(key, record.decode().map_err(rejected)?)
+                    }
                     topics::AUTH_RELATIONS => {
-                        relations.push((index, record.decode().map_err(rejected)?));
+                        DirectoryRecord::Relation(key, record.decode().map_err(rejected)?)
                     }
                     other => {
                         return Err(WriteError::Reject {
@@ -375,32 +378,10 @@ impl SinkWriter for CacheWriter {
                             message: format!("the cache sink does not read {other}"),
                         });
                     }
-                }
+                });
             }
-            let mut updates: Vec<(usize, DirectoryUpdate<'_>)> = users
-                .iter()
-                .map(|(i, user)| {
-                    (
-                        *i,
-                        DirectoryUpdate::User {
-                            key: &batch[*i].key,
-                            user: user.as_ref(),
-                        },
-                    )
-                })
-                .chain(relations.iter().map(|(i, relation)| {
-                    (
-                        *i,
-                        DirectoryUpdate::Relation {
-                            key: &batch[*i].key,
-                            relation: relation.as_ref(),
-                        },
-                    )
-                }))
-                .collect();
-            // Offset order within each key: the batch order.
-            updates.sort_by_key(|(i, _)| *i);
-            let updates: Vec<DirectoryUpdate<'_>> = updates.into_iter().map(|(_, u)| u).collect();
+            let updates: Vec<DirectoryUpdate<'_>> =
+                records.iter().map(DirectoryRecord::update).collect();
             self.directory
                 .apply_batch(&updates)
                 .await

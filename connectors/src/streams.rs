@@ -21,7 +21,9 @@ use orderflow_runtime::topology::Topology;
 use orderflow_runtime::wire::TopicSerde;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::directory::{Directory, DirectoryUpdate, DirectoryWriter, MemoryDirectory};
+use crate::directory::{
+    Directory, DirectoryRecord, DirectoryUpdate, DirectoryWriter, MemoryDirectory,
+};
 
 /// The chat fan-out's history store, whose changelog the chat edge reads.
 pub const CHAT_HISTORY_STORE: &str = "chat-history";
@@ -133,49 +135,24 @@ impl EdgeStreams {
                         ReadTopic::table(topics::AUTH_RELATIONS),
                     ],
                     move |batch| {
-                        let mut users: Vec<(usize, Option<User>)> = Vec::new();
-                        let mut relations: Vec<(usize, Option<BuyerSeller>)> = Vec::new();
-                        for (i, record) in batch.iter().enumerate() {
-                            if record.topic == topics::AUTH_USERS {
-                                match d.decode::<User>(record) {
-                                    Ok(user) => users.push((i, user)),
-                                    Err(e) => tracing::warn!(error = %e, "edge: skipped a user"),
-                                }
+                        let mut records = Vec::with_capacity(batch.len());
+                        for record in batch {
+                            let decoded = if record.topic == topics::AUTH_USERS {
+                                d.decode::<User>(&record)
+                                    .map(|user| DirectoryRecord::User(record.key, user))
                             } else {
-                                match d.decode::<BuyerSeller>(record) {
-                                    Ok(rel) => relations.push((i, rel)),
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "edge: skipped a relation");
-                                    }
+                                d.decode::<BuyerSeller>(&record)
+                                    .map(|rel| DirectoryRecord::Relation(record.key, rel))
+                            };
+                            match decoded {
+                                Ok(r) => records.push(r),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "edge: skipped a user or relation")
                                 }
                             }
                         }
-                        let mut updates: Vec<(usize, DirectoryUpdate<'_>)> = users
-                            .iter()
-                            .map(|(i, user)| {
-                                let key = batch[*i].key.as_str();
-                                (
-                                    *i,
-                                    DirectoryUpdate::User {
-                                        key,
-                                        user: user.as_ref(),
-                                    },
-                                )
-                            })
-                            .chain(relations.iter().map(|(i, relation)| {
-                                let key = batch[*i].key.as_str();
-                                (
-                                    *i,
-                                    DirectoryUpdate::Relation {
-                                        key,
-                                        relation: relation.as_ref(),
-                                    },
-                                )
-                            }))
-                            .collect();
-                        updates.sort_by_key(|(i, _)| *i);
                         let updates: Vec<DirectoryUpdate<'_>> =
-                            updates.into_iter().map(|(_, u)| u).collect();
+                            records.iter().map(DirectoryRecord::update).collect();
                         // In memory: the future is ready at once.
                         if let Err(e) = runtime.block_on(m.apply_batch(&updates)) {
                             tracing::warn!(error = %e, "edge: user directory update failed");

@@ -130,14 +130,11 @@ pub async fn up(
         Some(brokers) => (None, brokers.clone()),
         None => {
             let broker_config = BrokerConfig::new(data.join("kafka"), config.kafka);
-            let started = tokio::task::spawn_blocking(move || {
-                let result = Broker::start(&broker_config, &mut progress);
-                (result, progress)
-            })
-            .await
-            .map_err(|e| UpError::Topology(format!("broker start panicked: {e}")))?;
-            let (result, _progress) = started;
-            let broker = Arc::new(result?);
+            let started =
+                tokio::task::spawn_blocking(move || Broker::start(&broker_config, &mut progress))
+                    .await
+                    .map_err(|e| UpError::Topology(format!("broker start panicked: {e}")))?;
+            let broker = Arc::new(started?);
             let bootstrap = broker.bootstrap().to_string();
             (Some(broker), bootstrap)
         }

@@ -77,21 +77,11 @@ pub fn to_avro(schema: &Schema, json: &Json) -> Result<Value, JsonError> {
         && union
             .variants()
             .iter()
-            .all(|v| names.resolve(v).is_named_record())
+            .all(|v| record_name(names.resolve(v)).is_some())
     {
         return top_level_union(union, json, &names);
     }
     convert(schema, json, &names, &mut String::new())
-}
-
-trait IsRecord {
-    fn is_named_record(&self) -> bool;
-}
-
-impl IsRecord for Schema {
-    fn is_named_record(&self) -> bool {
-        matches!(self, Schema::Record(_))
-    }
 }
 
 fn record_name(schema: &Schema) -> Option<&Name> {
@@ -170,22 +160,22 @@ fn convert(
     path: &mut String,
 ) -> Result<Value, JsonError> {
     let schema = names.resolve(schema);
-    let at = path.clone();
-    let expected = |what: &str| fail(&at, format!("expected {what}, got {}", describe(json)));
+    let expected =
+        |path: &str, what: &str| fail(path, format!("expected {what}, got {}", describe(json)));
     match schema {
         Schema::Null => match json {
             Json::Null => Ok(Value::Null),
-            _ => Err(expected("null")),
+            _ => Err(expected(path, "null")),
         },
         Schema::Boolean => json
             .as_bool()
             .map(Value::Boolean)
-            .ok_or_else(|| expected("a boolean")),
+            .ok_or_else(|| expected(path, "a boolean")),
         Schema::Int | Schema::Date | Schema::TimeMillis => {
             let n = json
                 .as_i64()
                 .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| expected("an int (32-bit integer)"))?;
+                .ok_or_else(|| expected(path, "an int (32-bit integer)"))?;
             Ok(match schema {
                 Schema::Date => Value::Date(n),
                 Schema::TimeMillis => Value::TimeMillis(n),
@@ -200,7 +190,7 @@ fn convert(
         | Schema::LocalTimestampMicros => {
             let n = json
                 .as_i64()
-                .ok_or_else(|| expected("a long (64-bit integer)"))?;
+                .ok_or_else(|| expected(path, "a long (64-bit integer)"))?;
             Ok(match schema {
                 Schema::TimestampMillis => Value::TimestampMillis(n),
                 Schema::TimestampMicros => Value::TimestampMicros(n),
@@ -213,23 +203,23 @@ fn convert(
         Schema::Float => json
             .as_f64()
             .map(|f| Value::Float(f as f32))
-            .ok_or_else(|| expected("a number")),
+            .ok_or_else(|| expected(path, "a number")),
         Schema::Double => json
             .as_f64()
             .map(Value::Double)
-            .ok_or_else(|| expected("a number")),
+            .ok_or_else(|| expected(path, "a number")),
         Schema::String | Schema::Uuid(_) => json
             .as_str()
             .map(|s| Value::String(s.to_string()))
-            .ok_or_else(|| expected("a string")),
+            .ok_or_else(|| expected(path, "a string")),
         Schema::Bytes => json
             .as_str()
             .map(|s| Value::Bytes(s.chars().map(|c| c as u32 as u8).collect()))
-            .ok_or_else(|| expected("a string of bytes")),
+            .ok_or_else(|| expected(path, "a string of bytes")),
         Schema::Enum(e) => {
             let symbol = json
                 .as_str()
-                .ok_or_else(|| expected("an enum symbol (a string)"))?;
+                .ok_or_else(|| expected(path, "an enum symbol (a string)"))?;
             let index = e.symbols.iter().position(|s| s == symbol).ok_or_else(|| {
                 fail(
                     path,
@@ -239,7 +229,7 @@ fn convert(
             Ok(Value::Enum(index as u32, symbol.to_string()))
         }
         Schema::Array(a) => {
-            let items = json.as_array().ok_or_else(|| expected("an array"))?;
+            let items = json.as_array().ok_or_else(|| expected(path, "an array"))?;
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();
@@ -250,7 +240,9 @@ fn convert(
             Ok(Value::Array(out))
         }
         Schema::Map(m) => {
-            let map = json.as_object().ok_or_else(|| expected("an object"))?;
+            let map = json
+                .as_object()
+                .ok_or_else(|| expected(path, "an object"))?;
             let mut out = HashMap::with_capacity(map.len());
             for (k, v) in map {
                 let len = path.len();
@@ -282,7 +274,9 @@ fn convert(
             Err(first_error.unwrap_or_else(|| fail(path, "expected null")))
         }
         Schema::Record(r) => {
-            let map = json.as_object().ok_or_else(|| expected("an object"))?;
+            let map = json
+                .as_object()
+                .ok_or_else(|| expected(path, "an object"))?;
             record(r, map, names, path)
         }
         other => Err(fail(
