@@ -532,7 +532,7 @@ fn park(ctx: &mut Context<'_>, result: &PaymentResult) -> Result<(), ProcessErro
     }
     parked.push(result.clone());
     store.put(&key, &parked)?;
-    tracing::info!(order_id = %result.order_id, outcome = ?result.outcome, "payment result parked until its order is placed");
+    tracing::debug!(order_id = %result.order_id, outcome = ?result.outcome, "payment result parked until its order is placed");
     ctx.set_timer(PAYMENT_TIMEOUT_TIMER, &result.order_id)?;
     Ok(())
 }

@@ -1440,6 +1440,9 @@ impl StreamThread {
         }
         let started = Instant::now();
         let result = self.commit_open_work();
+        // The next period starts when this commit ends: a commit slower than the
+        // interval must not leave the next transaction a single record.
+        self.last_commit = Instant::now();
         self.config.metrics.observe(
             "orderflow_commit_latency_seconds",
             "Time to commit (transaction, or acknowledgements and offsets).",
@@ -1776,7 +1779,13 @@ fn make_producer(
             // As Kafka Streams: a short timeout, so the broker aborts a crashed
             // instance's open transaction (which holds back read_committed readers)
             // within seconds when no restart fences it sooner.
-            .set("transaction.timeout.ms", "10000");
+            .set("transaction.timeout.ms", "10000")
+            // Right after a commit the coordinator is still writing the previous
+            // transaction's markers and answers the next AddOffsetsToTxn /
+            // AddPartitionsToTxn with CONCURRENT_TRANSACTIONS; at librdkafka's
+            // default 100 ms backoff every transaction lost that long waiting. The
+            // Java producer retries these after 20 ms; so do we.
+            .set("retry.backoff.ms", "20");
     }
     let producer: ThreadedProducer<Deliveries> = producer_config
         .create_with_context(Deliveries::default())
