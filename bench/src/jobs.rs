@@ -58,9 +58,9 @@ impl Sizes {
     pub fn scaled(scale: f64) -> Sizes {
         let n = |full: f64| ((full * scale).round() as usize).max(10);
         Sizes {
-            events: n(1_000_000.0),
+            events: n(500_000.0),
             registrations: n(1_000_000.0),
-            orders: n(200_000.0),
+            orders: n(100_000.0),
         }
     }
 }
@@ -82,6 +82,8 @@ pub struct Run {
     /// B2_alos's app id, which the restore job restarts.
     b2_app: Option<String>,
     peers: crate::peers::Peers,
+    /// Attach `perf record` to every measured stream process (`--perf`).
+    pub perf: bool,
 }
 
 /// A throughput job's engine.
@@ -186,6 +188,7 @@ impl Run {
             run_id,
             loaded: BTreeSet::new(),
             b2_app: None,
+            perf: false,
         }
     }
 
@@ -323,6 +326,11 @@ impl Run {
         let command = self.command(name, engine, guarantee, &app).await?;
         let marks = Marks::take(&self.cluster, &expected)?;
         let mut process = Measured::spawn(command, &self.log_path(name), self.job_core)?;
+        let profile = if self.perf {
+            Some(crate::profile::Profile::attach(&process, &self.work.join("perf"), name)?)
+        } else {
+            None
+        };
         let observed = count::watch(
             &self.cluster,
             &marks,
@@ -330,6 +338,7 @@ impl Run {
             &mut process,
             limit(records_in),
         );
+        let summary = profile.map(crate::profile::Profile::finish);
         let stopped = process.stop(Duration::from_secs(30));
         let observed = observed?;
         if name == "B2_alos" {
@@ -350,13 +359,14 @@ impl Run {
             engine: engine.label().to_string(),
             guarantee: guarantee.map(str::to_string),
             note: Some(format!(
-                "out: {}; stopped: {stopped}",
+                "out: {}; stopped: {stopped}{}",
                 observed
                     .counts
                     .iter()
                     .map(|(t, n)| format!("{t} {n}"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                summary.map(|s| format!("; profile: {s}")).unwrap_or_default()
             )),
             ..JobResult::default()
         })

@@ -11,6 +11,7 @@ mod jobs;
 mod load;
 mod peers;
 mod process;
+mod profile;
 mod report;
 mod roles;
 
@@ -32,7 +33,7 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct RunOptions {
-    /// Multiplies every record count (1.0 = the full run: 1M events, 1M registrations, 200k orders).
+    /// Multiplies every record count (1.0 = the full run: 500k order events, 1M registrations, 100k orders).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Where the JSON goes; default bench/results/<date>.json for `all`, else
@@ -45,6 +46,10 @@ struct RunOptions {
     /// Scratch dir (broker data, logs, state); default a new temp dir.
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Attach `perf record` to each measured stream process; summaries go to
+    /// <work>/perf/<job>.txt (figures of a profiled run are not comparable).
+    #[arg(long)]
+    perf: bool,
 }
 
 #[derive(Debug, Subcommand)]
