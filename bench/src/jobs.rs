@@ -327,7 +327,11 @@ impl Run {
         let marks = Marks::take(&self.cluster, &expected)?;
         let mut process = Measured::spawn(command, &self.log_path(name), self.job_core)?;
         let profile = if self.perf {
-            Some(crate::profile::Profile::attach(&process, &self.work.join("perf"), name)?)
+            Some(crate::profile::Profile::attach(
+                &process,
+                &self.work.join("perf"),
+                name,
+            )?)
         } else {
             None
         };
@@ -366,7 +370,9 @@ impl Run {
                     .map(|(t, n)| format!("{t} {n}"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                summary.map(|s| format!("; profile: {s}")).unwrap_or_default()
+                summary
+                    .map(|s| format!("; profile: {s}"))
+                    .unwrap_or_default()
             )),
             ..JobResult::default()
         })

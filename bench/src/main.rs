@@ -158,11 +158,10 @@ fn bench(names: Vec<String>, options: RunOptions, all: bool) -> anyhow::Result<(
         None => std::env::temp_dir().join(format!("orderflow-bench-{}", std::process::id())),
     };
     jobs::ensure_dir(&work.join("logs"))?;
-    // The broker and this harness on core 0, the measured process alone on core 1.
+    // The broker on core 0, the measured process alone on core 1; the harness
+    // (preloads, the output counter) anywhere: pinned beside the broker, its
+    // preloads starved the broker's controller until it fenced itself.
     let pin = !options.no_pin && process::cores() >= 2;
-    if pin {
-        process::pin_self(0);
-    }
     let date = date_today();
     let out = options.out.clone().unwrap_or_else(|| {
         let name = if all {
@@ -181,6 +180,7 @@ fn bench(names: Vec<String>, options: RunOptions, all: bool) -> anyhow::Result<(
             work.clone(),
             pin.then_some(1),
         );
+        run.perf = options.perf;
         let mut results = BTreeMap::new();
         for name in &plan {
             let result = run.job(name).await;
@@ -192,7 +192,7 @@ fn bench(names: Vec<String>, options: RunOptions, all: bool) -> anyhow::Result<(
             (
                 "pinned",
                 if pin {
-                    "broker+harness on core 0, measured process on core 1".into()
+                    "broker on core 0, measured process on core 1, harness unpinned".into()
                 } else {
                     "no".into()
                 },

@@ -202,11 +202,6 @@ fn prepare_child(command: &mut Command, core: Option<usize>) {
     }
 }
 
-/// Pins the calling thread (and the threads it starts afterwards) to a core.
-pub fn pin_self(core: usize) -> bool {
-    set_affinity(0, core)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

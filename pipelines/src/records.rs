@@ -30,7 +30,7 @@
 //! name ([`union_variant`]), but decoding goes through apache-avro's serde path, which
 //! maps `Value::Union(index, _)` to the enum variant at that same index.
 
-use orderflow_runtime::avro::{AvroError, AvroRecord, union_variant};
+use orderflow_runtime::avro::{AvroError, AvroRecord, union_encode, union_variant};
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
@@ -240,6 +240,17 @@ pub enum AuthCommand {
 }
 
 impl AvroRecord for AuthCommand {
+    fn encode_body(&self, schema: &Schema, out: &mut Vec<u8>) -> Result<(), AvroError> {
+        match self {
+            Self::RegisterUser(r) => union_encode(schema, "orderflow.RegisterUser", r, out),
+            Self::UpdateProfile(r) => union_encode(schema, "orderflow.UpdateProfile", r, out),
+            Self::DeleteUser(r) => union_encode(schema, "orderflow.DeleteUser", r, out),
+            Self::StartSession(r) => union_encode(schema, "orderflow.StartSession", r, out),
+            Self::RotateSession(r) => union_encode(schema, "orderflow.RotateSession", r, out),
+            Self::EndSession(r) => union_encode(schema, "orderflow.EndSession", r, out),
+        }
+    }
+
     fn to_avro(&self, schema: &Schema) -> Result<Value, AvroError> {
         match self {
             Self::RegisterUser(r) => union_variant(schema, "orderflow.RegisterUser", r),
@@ -354,6 +365,13 @@ pub enum OrderCommand {
 }
 
 impl AvroRecord for OrderCommand {
+    fn encode_body(&self, schema: &Schema, out: &mut Vec<u8>) -> Result<(), AvroError> {
+        match self {
+            Self::PlaceOrder(r) => union_encode(schema, "orderflow.PlaceOrder", r, out),
+            Self::CancelOrder(r) => union_encode(schema, "orderflow.CancelOrder", r, out),
+        }
+    }
+
     fn to_avro(&self, schema: &Schema) -> Result<Value, AvroError> {
         match self {
             Self::PlaceOrder(r) => union_variant(schema, "orderflow.PlaceOrder", r),
@@ -443,6 +461,13 @@ pub enum PaymentCommand {
 }
 
 impl AvroRecord for PaymentCommand {
+    fn encode_body(&self, schema: &Schema, out: &mut Vec<u8>) -> Result<(), AvroError> {
+        match self {
+            Self::PaymentRequested(r) => union_encode(schema, "orderflow.PaymentRequested", r, out),
+            Self::RefundRequested(r) => union_encode(schema, "orderflow.RefundRequested", r, out),
+        }
+    }
+
     fn to_avro(&self, schema: &Schema) -> Result<Value, AvroError> {
         match self {
             Self::PaymentRequested(r) => union_variant(schema, "orderflow.PaymentRequested", r),

@@ -142,6 +142,15 @@ fn round_trip<T: AvroRecord + PartialEq + Debug>(schema: &Schema, value: &T) -> 
         &back == value,
         "round trip changed the value:\n before {value:?}\n after  {back:?}"
     );
+    // The producers' path (serde straight to bytes) writes the very same body.
+    let mut direct = Vec::new();
+    value
+        .encode_body(schema, &mut direct)
+        .with_context(|| format!("encode_body {value:?}"))?;
+    ensure!(
+        direct == body,
+        "encode_body wrote other bytes than to_avro + write_body for {value:?}:\n{direct:?}\n{body:?}"
+    );
     Ok(avro)
 }
 
@@ -714,6 +723,15 @@ fn a_rust_field_that_drifts_from_the_schema_is_refused() -> Result<()> {
         .context("a value without room_id was accepted")?;
     ensure!(error.to_string().contains("room_id"), "{error}");
     ensure!(same_fields(&schema, "orderflow.ChatMessage", &renamed).is_err());
+    let mut out = vec![7];
+    let error = renamed
+        .encode_body(&schema, &mut out)
+        .err()
+        .context("encode_body accepted a value without room_id")?;
+    ensure!(
+        out == [7],
+        "a failed encode_body left bytes behind: {out:?} ({error})"
+    );
 
     let without_body = ChatMessageWithoutBody {
         message_id: "m".into(),
@@ -726,6 +744,10 @@ fn a_rust_field_that_drifts_from_the_schema_is_refused() -> Result<()> {
         .err()
         .context("a value without body was accepted")?;
     ensure!(error.to_string().contains("body"), "{error}");
+    ensure!(
+        without_body.encode_body(&schema, &mut Vec::new()).is_err(),
+        "encode_body accepted a value without body"
+    );
 
     let schema = load_schema(topics::EDGE_REPLIES)?;
     let reply = ReplyRenamed {

@@ -38,6 +38,15 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized {
         value.resolve(schema).map_err(|e| mismatch(schema, e))
     }
 
+    /// Appends `self` to `out` as an Avro body of `schema` (no framing), straight
+    /// from serde with the schema guiding every field (no intermediate [`Value`],
+    /// no resolution pass): the path every produced record takes. Writes the same
+    /// bytes as [`write_body`] of [`AvroRecord::to_avro`]; a top-level union
+    /// implements it with [`union_encode`], choosing the branch by name.
+    fn encode_body(&self, schema: &Schema, out: &mut Vec<u8>) -> Result<(), AvroError> {
+        encode_serde(schema, self, out)
+    }
+
     /// The Rust value of an Avro value already resolved against the topic's schema.
     fn from_avro(value: &Value) -> Result<Self, AvroError> {
         apache_avro::from_value(value).map_err(|e| AvroError::Mismatch {
@@ -66,6 +75,55 @@ pub fn union_variant<T: Serialize>(
     let value = apache_avro::to_value(record).map_err(|e| mismatch(variant, e))?;
     let value = value.resolve(variant).map_err(|e| mismatch(variant, e))?;
     Ok(Value::Union(index as u32, Box::new(value)))
+}
+
+/// Appends `record` as the branch named `full_name` of the union `schema`: the
+/// branch index, then the record's body (what [`union_variant`] then [`write_body`]
+/// write).
+pub fn union_encode<T: Serialize>(
+    schema: &Schema,
+    full_name: &str,
+    record: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), AvroError> {
+    let Schema::Union(union) = schema else {
+        return Err(AvroError::NoSuchVariant(full_name.to_string()));
+    };
+    let (index, variant) = union
+        .variants()
+        .iter()
+        .enumerate()
+        .find(|(_, v)| schema_name(v).as_deref() == Some(full_name))
+        .ok_or_else(|| AvroError::NoSuchVariant(full_name.to_string()))?;
+    // Avro writes a union's branch index as a zig-zag varint long.
+    let mut n = ((index as i64) << 1) ^ ((index as i64) >> 63);
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n = ((n as u64) >> 7) as i64;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    encode_serde(variant, record, out)
+}
+
+/// `record` as an Avro body of `schema` through apache-avro's schema-aware serde
+/// serializer. On an error `out` is left as it was.
+fn encode_serde<T: Serialize>(
+    schema: &Schema,
+    record: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), AvroError> {
+    let start = out.len();
+    let written = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|writer| writer.write_ser(out, record));
+    written.map(|_| ()).map_err(|e| {
+        out.truncate(start);
+        mismatch(schema, e)
+    })
 }
 
 /// The full name of a named schema (`namespace.name`), `None` for anonymous ones.

@@ -186,13 +186,16 @@ impl TopicSerde {
             .topics
             .get(topic)
             .ok_or_else(|| EncodeError::UnknownTopic(topic.to_string()))?;
-        let value = record
-            .to_avro(&binding.schema)
+        let mut out = Vec::with_capacity(128);
+        out.push(MAGIC);
+        out.extend_from_slice(&binding.id.to_be_bytes());
+        record
+            .encode_body(&binding.schema, &mut out)
             .map_err(|source| EncodeError::Avro {
                 topic: topic.to_string(),
                 source,
             })?;
-        self.encode_value(topic, value)
+        Ok(out)
     }
 
     /// Encodes an Avro value (already resolved against the topic's schema).
