@@ -6,7 +6,9 @@
 //! inputs land on the same instance) and one producer. A task is one processor over
 //! one input partition; it is created when its partition is assigned, its stores
 //! restored from their compacted changelogs (read_committed, up to the end) before it
-//! processes anything.
+//! processes anything. A task reading several co-partitioned topics takes their
+//! records oldest first (by record timestamp) from a bounded read-ahead, as Kafka
+//! Streams does, so one topic's backlog does not run ahead of the other's.
 //!
 //! `exactly_once` follows Kafka Streams' exactly_once_v2: one transactional producer
 //! per stream thread; outputs, changelog writes and dead letters go inside the open
@@ -480,7 +482,24 @@ struct StreamThread {
     held: BTreeMap<(String, i32), VecDeque<OwnedInput>>,
     /// Input partitions paused because too many of their records are held.
     paused: BTreeSet<(String, i32)>,
+    /// Records read but not processed yet, by input (topic, partition): a task
+    /// reading several co-partitioned topics takes the oldest next record among
+    /// them (Kafka Streams' timestamp synchronization), whatever order the fetches
+    /// came back in.
+    ready: BTreeMap<(String, i32), VecDeque<OwnedInput>>,
+    /// Records in `ready`.
+    ready_len: usize,
+    /// Per input topic, every input topic a task reading it also reads (itself
+    /// included), sorted.
+    siblings: BTreeMap<String, Vec<String>>,
 }
+
+/// Records read ahead into `ready` before a task waiting for a sibling partition's
+/// data takes what it has anyway.
+const READY_MAX: usize = 20_000;
+
+/// Records taken from the consumer per pass of the loop.
+const POLL_BATCH: usize = 500;
 
 /// Held records of one input partition past which the consumer pauses it.
 const HOLD_PAUSE: usize = 500;
@@ -549,6 +568,15 @@ impl StreamThread {
             .map(|n| n.commit_interval)
             .min()
             .unwrap_or(Duration::from_millis(100));
+        let mut siblings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for node in &nodes {
+            for topic in &node.inputs {
+                let entry = siblings.entry(topic.clone()).or_default();
+                entry.extend(node.inputs.iter().cloned());
+                entry.sort();
+                entry.dedup();
+            }
+        }
         let global_topics: BTreeSet<String> = nodes
             .iter()
             .flat_map(|n| n.global_tables.iter().cloned())
@@ -574,6 +602,9 @@ impl StreamThread {
             jobs: BTreeMap::new(),
             held: BTreeMap::new(),
             paused: BTreeSet::new(),
+            ready: BTreeMap::new(),
+            ready_len: 0,
+            siblings,
         };
         if !global_topics.is_empty() {
             thread.start_globals(&global_topics)?;
@@ -584,26 +615,51 @@ impl StreamThread {
     fn run(&mut self) -> Result<(), EngineError> {
         while !self.shared.stop.load(Ordering::SeqCst) {
             // With jobs running, poll briefly so a finished job's task goes on soon.
-            let wait = if self.jobs.is_empty() { 50 } else { 5 };
-            let message = match self.consumer.poll(Duration::from_millis(wait)) {
-                None => None,
-                Some(Ok(m)) => Some(Ok(OwnedInput::from(&m))),
-                Some(Err(e)) => Some(Err(e)),
+            let wait = if self.jobs.is_empty() && self.ready_len == 0 {
+                50
+            } else {
+                5
             };
-            self.handle_rebalances()?;
-            self.poll_globals();
-            match message {
-                None => {}
-                Some(Err(e)) => {
-                    if e.rdkafka_error_code()
-                        .is_some_and(|c| c == RDKafkaErrorCode::Fatal)
-                    {
-                        return Err(kafka("consuming", CHECK_BROKER)(e));
+            let mut drained = false;
+            for n in 0..POLL_BATCH {
+                let timeout = if n == 0 {
+                    Duration::from_millis(wait)
+                } else {
+                    Duration::ZERO
+                };
+                let message = match self.consumer.poll(timeout) {
+                    None => None,
+                    Some(Ok(m)) => Some(Ok(OwnedInput::from(&m))),
+                    Some(Err(e)) => Some(Err(e)),
+                };
+                self.handle_rebalances()?;
+                match message {
+                    None => {
+                        drained = true;
+                        break;
                     }
-                    tracing::warn!(error = %e, "consumer error");
+                    Some(Err(e)) => {
+                        if e.rdkafka_error_code()
+                            .is_some_and(|c| c == RDKafkaErrorCode::Fatal)
+                        {
+                            return Err(kafka("consuming", CHECK_BROKER)(e));
+                        }
+                        tracing::warn!(error = %e, "consumer error");
+                    }
+                    Some(Ok(input)) => {
+                        self.ready_len += 1;
+                        self.ready
+                            .entry((input.topic.clone(), input.partition))
+                            .or_default()
+                            .push_back(input);
+                    }
                 }
-                Some(Ok(input)) => self.process_input(input)?,
+                if self.ready_len >= READY_MAX {
+                    break;
+                }
             }
+            self.poll_globals();
+            self.process_ready(drained)?;
             self.finish_jobs()?;
             self.fire_wall_clock()?;
             if self.last_commit.elapsed() >= self.commit_interval {
@@ -944,6 +1000,93 @@ impl StreamThread {
         Ok(())
     }
 
+    /// Processes what was read, each task taking the record with the lowest
+    /// timestamp among the next records of its input partitions. A task waits while
+    /// one of its input partitions has nothing read yet, unless the consumer had
+    /// nothing more to give (`drained`: no data is on its way locally) or the
+    /// read-ahead is full; so a backlog of one topic is not run ahead of the other
+    /// (a payment result before its order) just because its fetch came back first.
+    fn process_ready(&mut self, drained: bool) -> Result<(), EngineError> {
+        let mut force = drained || self.ready_len >= READY_MAX;
+        let groups: Vec<(Vec<String>, i32)> = {
+            let mut groups: Vec<(Vec<String>, i32)> = self
+                .ready
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|((topic, partition), _)| {
+                    let topics = self
+                        .siblings
+                        .get(topic)
+                        .cloned()
+                        .unwrap_or_else(|| vec![topic.clone()]);
+                    (topics, *partition)
+                })
+                .collect();
+            groups.sort();
+            groups.dedup();
+            groups
+        };
+        // At most a poll's worth per pass, so rebalances and commits are served
+        // between batches as promptly as before the read-ahead; one record per
+        // group per round, so no partition waits behind another's backlog.
+        let mut budget = POLL_BATCH;
+        while budget > 0 {
+            let mut progressed = false;
+            for (topics, partition) in &groups {
+                let Some(key) = self.next_ready(topics, *partition, force) else {
+                    continue;
+                };
+                let Some(input) = self.ready.get_mut(&key).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
+                self.ready_len -= 1;
+                if self.ready.get(&key).is_some_and(VecDeque::is_empty) {
+                    self.ready.remove(&key);
+                }
+                self.process_input(input)?;
+                progressed = true;
+                budget -= 1;
+                if self.ready_len < READY_MAX / 2 && !drained {
+                    force = false;
+                }
+                if budget == 0 {
+                    break;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The input partition of the group (`topics` at `partition`) whose next read
+    /// record is the oldest; `None` when nothing is read, or when one of them has
+    /// nothing read and the group must wait (`force` says it must not).
+    fn next_ready(&self, topics: &[String], partition: i32, force: bool) -> Option<(String, i32)> {
+        let mut oldest: Option<(i64, &String)> = None;
+        let mut waiting = false;
+        for topic in topics {
+            match self
+                .ready
+                .get(&(topic.clone(), partition))
+                .and_then(VecDeque::front)
+            {
+                Some(head) => {
+                    if oldest.is_none_or(|(ts, _)| head.timestamp < ts) {
+                        oldest = Some((head.timestamp, topic));
+                    }
+                }
+                None => waiting = true,
+            }
+        }
+        let (_, topic) = oldest?;
+        if waiting && !force {
+            return None;
+        }
+        Some((topic.clone(), partition))
+    }
+
     /// Processes a consumed record, or holds it while a task reading it has a job
     /// running (records of one partition are processed in order).
     fn process_input(&mut self, input: OwnedInput) -> Result<(), EngineError> {
@@ -1177,11 +1320,13 @@ impl StreamThread {
         Ok(())
     }
 
-    /// Drops running jobs and held records (their records will be read again) and
+    /// Drops running jobs, held and read-ahead records (they will be read again) and
     /// resumes paused partitions.
     fn drop_jobs(&mut self) {
         self.jobs.clear();
         self.held.clear();
+        self.ready.clear();
+        self.ready_len = 0;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in std::mem::take(&mut self.paused) {
             tpl.add_partition(&topic, partition);

@@ -437,3 +437,112 @@ async fn many_deferred_jobs_all_finish_in_order() {
     }
     running.stop().await;
 }
+
+/// Co-partitioned inputs are taken in timestamp order within a task (Kafka Streams'
+/// timestamp synchronization), not in the order their fetches come back: clicks on a
+/// `late` topic, produced first but stamped later, count after the clicks of an
+/// `early` topic produced afterwards with earlier timestamps. The at_least_once id
+/// header names the input topic of each count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co_partitioned_inputs_are_taken_oldest_first() {
+    let id = unique("t");
+    let early = format!("early-{id}");
+    let late = format!("late-{id}");
+    let counts = format!("counts-{id}");
+    let yaml = format!(
+        "app: app-{id}
+defaults:
+  processing: at_least_once
+  commit_interval: 100ms
+topics:
+  {early}: {{ partitions: 3, value: click.avsc, ingress: true }}
+  {late}: {{ partitions: 3, value: click.avsc, ingress: true }}
+  {counts}: {{ partitions: 3, value: count.avsc }}
+stores:
+  counts: {{}}
+processors:
+  counter:
+    kind: counter
+    config: {{ output: {counts} }}
+    inputs: [{early}, {late}]
+    outputs: [{counts}]
+    stores: [counts]
+    timers:
+      idle: {{ domain: wall_clock, after: 1h }}
+      session: {{ domain: stream_time, after: 1h }}
+"
+    );
+    let topology = load_str(&yaml, "engine.yaml", &fixtures(), &|_| None, &catalog()).unwrap();
+    let s = Setup {
+        metrics: Arc::new(orderflow_runtime::metrics::Metrics::new()),
+        topology: Arc::new(topology),
+        registry: Arc::new(RegistryClient::embedded(Arc::new(SchemaStore::new()))),
+        clicks: early.clone(),
+        counts: counts.clone(),
+    };
+    engine::ensure_topics(&s.topology, &EngineConfig::new(bootstrap()))
+        .await
+        .unwrap();
+    let serde = TopicSerde::register(&s.topology, &s.registry)
+        .await
+        .unwrap();
+    let producer: FutureProducer = client()
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    const USERS: usize = 30;
+    const EACH: usize = 40;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // The late topic first, stamped a minute on; then the early one, stamped now.
+    for (topic, base) in [(&late, now + 60_000), (&early, now)] {
+        for n in 0..EACH {
+            for u in 0..USERS {
+                let user = format!("user{u}");
+                let bytes = serde
+                    .encode(
+                        topic,
+                        &Click {
+                            user: user.clone(),
+                            page: "/".into(),
+                        },
+                    )
+                    .unwrap();
+                producer
+                    .send(
+                        FutureRecord::to(topic)
+                            .key(&user)
+                            .payload(&bytes)
+                            .timestamp(base + n as i64),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let running = start(&s);
+    let seen = read_until(&s, &counts, |seen| seen.len() >= USERS * 2 * EACH).await;
+    running.stop().await;
+    assert_eq!(seen.len(), USERS * 2 * EACH);
+    for (user, count, headers) in &seen {
+        let id = headers
+            .iter()
+            .find(|(k, _)| k == ID_HEADER)
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let topic = id.split('/').next().unwrap();
+        let expected = if count.count <= EACH as i64 {
+            &early
+        } else {
+            &late
+        };
+        assert_eq!(
+            topic, expected,
+            "{user}'s count {} came from {topic}: the early clicks must all count before the late ones",
+            count.count
+        );
+    }
+}
