@@ -85,6 +85,9 @@ pub struct Run {
     loaded: BTreeSet<&'static str>,
     /// B2_alos's app id, which the restore job restarts.
     b2_app: Option<String>,
+    /// Whether the edge jobs have checked for (and if need be made) a broker of
+    /// their own (see `edges::own_cluster`).
+    pub edges_checked_cluster: bool,
     peers: crate::peers::Peers,
 }
 
@@ -190,6 +193,7 @@ impl Run {
             run_id,
             loaded: BTreeSet::new(),
             b2_app: None,
+            edges_checked_cluster: false,
         }
     }
 

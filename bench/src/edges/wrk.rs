@@ -345,6 +345,7 @@ pub async fn post_orders(run: &mut Run) -> anyhow::Result<JobResult> {
     let stopped = node.stop();
     let mut result = result.with_context(|| format!("node stopped: {stopped}"))?;
     result.guarantee = Some(EOS.to_string());
+    result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
     Ok(result)
 }
 
@@ -397,6 +398,7 @@ pub async fn get_order(run: &mut Run) -> anyhow::Result<JobResult> {
     let stopped = node.stop();
     let mut result = result.with_context(|| format!("node stopped: {stopped}"))?;
     result.guarantee = Some(EOS.to_string());
+    result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
     Ok(result)
 }
 

@@ -110,6 +110,7 @@ pub async fn run(run: &mut Run, name: &str, clients: usize) -> anyhow::Result<Jo
     let stopped = node.stop();
     let mut result = result.with_context(|| format!("node stopped: {stopped}"))?;
     result.guarantee = Some(EOS.to_string());
+    result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
     Ok(result)
 }
 
