@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
-use orderflow_pipelines::records::{OrderEvent, OrderStatus, topics};
+use orderflow_pipelines::records::{
+    OrderEvent, OrderStatus, PaymentOutcome, PaymentResult, topics,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
@@ -307,10 +309,37 @@ pub fn start_group_at_end(cluster: &Cluster, app: &str) -> anyhow::Result<()> {
         .set("group.id", app)
         .set("enable.auto.commit", "false")
         .create()?;
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .with_context(|| format!("committing the start offsets of group {app}"))?;
-    Ok(())
+    // On a fresh broker the group coordinator (and __consumer_offsets) appears only
+    // now: NOT_COORDINATOR and COORDINATOR_LOAD_IN_PROGRESS pass.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline && retriable_commit(&e) => {
+                tracing::debug!(error = %e, group = app, "retrying the start offsets");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("committing the start offsets of group {app}"));
+            }
+        }
+    }
+}
+
+fn retriable_commit(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::NotCoordinator
+                | C::CoordinatorLoadInProgress
+                | C::CoordinatorNotAvailable
+                | C::RequestTimedOut
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+        )
+    )
 }
 
 /// A buyer and a seller registered and signed in through the HTTP edge.
@@ -482,31 +511,27 @@ pub struct Seen {
     pub paid: HashMap<String, Vec<Instant>>,
     /// Order id → the status of an event that means it will never be PAID.
     pub lost: HashMap<String, String>,
-    /// Order id → when its steps happened, epoch ms (the first PAID's).
+    /// Order id → when each of its steps could be read.
     pub stamps: HashMap<String, Stamps>,
     /// Records that could not be decoded.
     pub undecodable: u64,
 }
 
-/// When an order's steps happened, epoch ms, from the record timestamps the
-/// producers set: `ORDERED.at` is the `orders.commands` record's (the edge
-/// published it), `PAID.at` the `payments.results` record's (the authorizer
-/// produced it), then the PAID record's own (the saga produced it) and when the
-/// harness read it (after the saga's commit).
+/// When the harness could first read (read_committed) each step of an order,
+/// epoch ms. Read times, not record timestamps: every processor forwards its
+/// input's timestamp, so the whole chain carries the edge's publish time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stamps {
-    /// The edge published the PlaceOrder.
-    pub command: Option<i64>,
-    /// The authorizer produced the APPROVED result.
-    pub result: Option<i64>,
-    /// The saga produced the PAID event.
-    pub paid_written: Option<i64>,
-    /// The harness read the PAID event.
-    pub paid_read: Option<i64>,
+    /// The ORDERED event (after the saga's first commit).
+    pub ordered: Option<i64>,
+    /// The APPROVED payment result (after the authorizer's commit).
+    pub approved: Option<i64>,
+    /// The PAID event (after the saga's second commit).
+    pub paid: Option<i64>,
 }
 
-/// Reads `orders.events` (read_committed, from its end offsets when started) in a
-/// thread and notes when each order becomes PAID.
+/// Reads `orders.events` and `payments.results` (read_committed, from their end
+/// offsets when started) in a thread and notes when each order becomes PAID.
 #[derive(Debug)]
 pub struct OrderWatch {
     seen: Arc<Mutex<Seen>>,
@@ -515,11 +540,13 @@ pub struct OrderWatch {
 }
 
 impl OrderWatch {
-    /// Starts reading from the current end of `orders.events`.
+    /// Starts reading from the current ends.
     pub fn start(cluster: &Cluster) -> anyhow::Result<OrderWatch> {
         let mut tpl = TopicPartitionList::new();
-        for (partition, end) in cluster.end_offsets(topics::ORDERS_EVENTS)? {
-            tpl.add_partition_offset(topics::ORDERS_EVENTS, partition, Offset::Offset(end))?;
+        for topic in [topics::ORDERS_EVENTS, topics::PAYMENTS_RESULTS] {
+            for (partition, end) in cluster.end_offsets(topic)? {
+                tpl.add_partition_offset(topic, partition, Offset::Offset(end))?;
+            }
         }
         let consumer: BaseConsumer = cluster
             .client()
@@ -543,19 +570,28 @@ impl OrderWatch {
                 let read_ms = (epoch_us(SystemTime::now()) / 1000) as i64;
                 let Ok(mut seen) = s.lock() else { return };
                 let Some(bytes) = m.payload() else { continue };
-                match serde.decode_as::<OrderEvent>(m.topic(), m.partition(), m.offset(), bytes) {
+                let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                if topic == topics::PAYMENTS_RESULTS {
+                    match serde.decode_as::<PaymentResult>(topic, partition, offset, bytes) {
+                        Ok(r) if r.outcome == PaymentOutcome::Approved => {
+                            let stamps = seen.stamps.entry(r.order_id).or_default();
+                            stamps.approved = stamps.approved.or(Some(read_ms));
+                        }
+                        Ok(_) => {}
+                        Err(_) => seen.undecodable += 1,
+                    }
+                    continue;
+                }
+                match serde.decode_as::<OrderEvent>(topic, partition, offset, bytes) {
                     Ok(event) => match event.status {
                         OrderStatus::Paid => {
                             let stamps = seen.stamps.entry(event.order_id.clone()).or_default();
-                            if stamps.paid_read.is_none() {
-                                stamps.result = Some(event.at);
-                                stamps.paid_written = m.timestamp().to_millis();
-                                stamps.paid_read = Some(read_ms);
-                            }
+                            stamps.paid = stamps.paid.or(Some(read_ms));
                             seen.paid.entry(event.order_id).or_default().push(at);
                         }
                         OrderStatus::Ordered => {
-                            seen.stamps.entry(event.order_id).or_default().command = Some(event.at);
+                            let stamps = seen.stamps.entry(event.order_id).or_default();
+                            stamps.ordered = stamps.ordered.or(Some(read_ms));
                         }
                         other => {
                             let why = format!("{other:?} ({})", event.reason.unwrap_or_default());

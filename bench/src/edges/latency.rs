@@ -39,7 +39,7 @@ struct Level {
     cpu_us: f64,
     send_lag_p99_ms: f64,
     /// Medians of the steps, ms: see [`split`].
-    split: [f64; 4],
+    split: [f64; 3],
 }
 
 impl Level {
@@ -54,11 +54,10 @@ impl Level {
             "max_ms": round(self.latency.max, 2),
             "cpu_us_per_order": round(self.cpu_us, 1),
             "send_lag_p99_ms": round(self.send_lag_p99_ms, 2),
-            "p50_split_ms": {
-                "edge_published_command": round(self.split[0], 1),
-                "authorizer_produced_result": round(self.split[1], 1),
-                "saga_produced_paid": round(self.split[2], 1),
-                "paid_readable": round(self.split[3], 1),
+            "p50_steps_ms": {
+                "to_ordered_readable": round(self.split[0], 1),
+                "to_approved_readable": round(self.split[1], 1),
+                "to_paid_readable": round(self.split[2], 1),
             },
         })
     }
@@ -97,6 +96,10 @@ pub async fn run(run: &mut Run) -> anyhow::Result<JobResult> {
         );
     }
     note.pop();
+    note.push_str(&format!(
+        "; headline p50 steps: ORDERED readable after {:.0} ms, APPROVED {:.0} ms later, PAID {:.0} ms later",
+        headline.split[0], headline.split[1], headline.split[2]
+    ));
     let records: usize = results
         .iter()
         .flat_map(|(_, (levels, _, _))| levels.iter().map(|l| l.orders))
@@ -160,7 +163,7 @@ async fn one_guarantee(
     }
     .await;
     let stopped = node.stop();
-    result.with_context(|| format!("node stopped: {stopped}"))
+    result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))
 }
 
 /// Offers `load` orders per second for `seconds` and waits until each is PAID.
@@ -275,22 +278,15 @@ async fn one_load(
 }
 
 /// Where an order's time goes, the median of each step in ms, from each order's
-/// scheduled send (epoch ms) and [`Stamps`]: until the edge published the command,
-/// until the authorizer produced the result (the saga's first step, its commit,
-/// the authorizer's read), until the saga produced PAID (the authorizer's commit,
-/// the saga's read), until the harness could read it (the saga's commit). Steps a
-/// stamp is missing for are left out; the clocks are the machine's one clock, to
-/// the millisecond.
-fn split(orders: impl Iterator<Item = (i64, Stamps)>) -> [f64; 4] {
-    let mut steps: [Vec<f64>; 4] = Default::default();
+/// scheduled send (epoch ms) and [`Stamps`]: until its ORDERED event was readable
+/// (the edge, the saga's first step and commit), until the APPROVED result was
+/// (the authorizer's read, the gateway, its commit), until PAID was (the saga's
+/// read, its second step and commit). Steps a stamp is missing for are left out;
+/// the clocks are the machine's one clock, to the millisecond.
+fn split(orders: impl Iterator<Item = (i64, Stamps)>) -> [f64; 3] {
+    let mut steps: [Vec<f64>; 3] = Default::default();
     for (scheduled, st) in orders {
-        let points = [
-            Some(scheduled),
-            st.command,
-            st.result,
-            st.paid_written,
-            st.paid_read,
-        ];
+        let points = [Some(scheduled), st.ordered, st.approved, st.paid];
         for (i, pair) in points.windows(2).enumerate() {
             if let [Some(a), Some(b)] = pair {
                 steps[i].push((b - a) as f64);
@@ -306,24 +302,23 @@ mod tests {
 
     #[test]
     fn split_takes_the_median_of_each_step() {
-        let stamps = |c, r, w, p| Stamps {
-            command: Some(c),
-            result: Some(r),
-            paid_written: Some(w),
-            paid_read: Some(p),
+        let stamps = |o, a, p| Stamps {
+            ordered: Some(o),
+            approved: Some(a),
+            paid: Some(p),
         };
         let orders = vec![
-            (1000, stamps(1010, 1100, 1300, 1400)),
-            (2000, stamps(2020, 2200, 2400, 2450)),
-            (3000, stamps(3030, 3300, 3500, 3600)),
+            (1000, stamps(1010, 1100, 1300)),
+            (2000, stamps(2020, 2200, 2400)),
+            (3000, stamps(3030, 3300, 3450)),
         ];
-        assert_eq!(split(orders.into_iter()), [20.0, 180.0, 200.0, 100.0]);
+        assert_eq!(split(orders.into_iter()), [20.0, 180.0, 200.0]);
         let partial = Stamps {
-            command: Some(5),
+            ordered: Some(5),
             ..Stamps::default()
         };
         let s = split(std::iter::once((0, partial)));
         assert_eq!(s[0], 5.0);
-        assert!(s[1].is_nan() && s[3].is_nan());
+        assert!(s[1].is_nan() && s[2].is_nan());
     }
 }

@@ -343,7 +343,8 @@ pub async fn post_orders(run: &mut Run) -> anyhow::Result<JobResult> {
     }
     .await;
     let stopped = node.stop();
-    let mut result = result.with_context(|| format!("node stopped: {stopped}"))?;
+    let mut result =
+        result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))?;
     result.guarantee = Some(EOS.to_string());
     result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
     Ok(result)
@@ -396,7 +397,8 @@ pub async fn get_order(run: &mut Run) -> anyhow::Result<JobResult> {
     }
     .await;
     let stopped = node.stop();
-    let mut result = result.with_context(|| format!("node stopped: {stopped}"))?;
+    let mut result =
+        result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))?;
     result.guarantee = Some(EOS.to_string());
     result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
     Ok(result)
@@ -426,7 +428,7 @@ pub async fn ceiling(run: &mut Run) -> anyhow::Result<JobResult> {
     let cpu = process.cpu();
     let rss = process.peak_rss_mb();
     let stopped = process.stop(Duration::from_secs(10));
-    let out = outcome.with_context(|| format!("ceiling stopped: {stopped}"))?;
+    let out = outcome.map_err(|e| anyhow::anyhow!("{e:#} (the server then stopped: {stopped})"))?;
     // The server does nothing but answer: its CPU over its life is the run's.
     Ok(result(
         &out,
