@@ -19,7 +19,7 @@ use crate::report::{JobResult, round};
 
 /// Every job, in the order `all` runs them (the B1 family reads `orders.events`,
 /// which the B3 family writes, so B1 runs first).
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     "B0",
     "B1_alos",
     "B1_eos",
@@ -37,6 +37,7 @@ pub const ALL: [&str; 20] = [
     "latency_http",
     "http_post_orders",
     "http_get_order",
+    "http_ceiling",
     "ws_fanout_32",
     "ws_fanout_256",
     "ws_fanout_1024",
@@ -51,6 +52,8 @@ pub struct Sizes {
     pub registrations: usize,
     /// B3 orders (each with one payment result).
     pub orders: usize,
+    /// The `--scale` they were made with (the edge jobs shorten their runs by it).
+    pub scale: f64,
 }
 
 impl Sizes {
@@ -61,6 +64,7 @@ impl Sizes {
             events: n(500_000.0),
             registrations: n(1_000_000.0),
             orders: n(100_000.0),
+            scale,
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct Run {
     loaded: BTreeSet<&'static str>,
     /// B2_alos's app id, which the restore job restarts.
     b2_app: Option<String>,
+    /// Whether the edge jobs have checked for (and if need be made) a broker of
+    /// their own (see `edges::own_cluster`).
+    pub edges_checked_cluster: bool,
     peers: crate::peers::Peers,
     /// Attach `perf record` to every measured stream process (`--perf`).
     pub perf: bool,
@@ -189,6 +196,7 @@ impl Run {
             loaded: BTreeSet::new(),
             b2_app: None,
             perf: false,
+            edges_checked_cluster: false,
         }
     }
 
@@ -538,7 +546,7 @@ pub fn describe() -> BTreeMap<&'static str, &'static str> {
         ),
         (
             "http_*",
-            "wrk on POST /orders and GET /orders/{id}, beside a bare hyper endpoint",
+            "wrk on POST /orders and GET /orders/{id}; http_ceiling: the same wrk on a bare axum JSON endpoint",
         ),
         (
             "ws_fanout_*",

@@ -1,8 +1,8 @@
 //! `orderflow-bench`: runs the benchmarks of issue 11 and writes
 //! `bench/results/<date>.json` plus a table. `all` runs every job; naming jobs runs
 //! only those (each job is runnable alone, so a change can show before/after).
-//! The `engine` and `copy` subcommands are the measured processes the harness
-//! starts from its own binary.
+//! The `engine`, `copy`, `node` and `ceiling` subcommands are the measured
+//! processes the harness starts from its own binary.
 
 mod cluster;
 mod count;
@@ -91,6 +91,27 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// (measured process) an orderflow node: processors plus the HTTP and chat edges
+    /// on one listener, until SIGTERM (JWT_SECRET, ORDERFLOW_APP, ORDERFLOW_PROCESSING
+    /// from the environment).
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        registry: String,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long = "processor", required = true)]
+        processors: Vec<String>,
+    },
+    /// (measured process) a bare axum JSON endpoint, GET /json, until SIGTERM: the
+    /// ceiling of the HTTP jobs.
+    #[command(hide = true)]
+    Ceiling {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +156,19 @@ fn main() -> ExitCode {
             from,
             to,
         } => roles::copy(&bootstrap, &group, &from, &to),
+        Cmd::Node {
+            bootstrap,
+            registry,
+            listen,
+            processors,
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(edges::node::node(&bootstrap, &registry, listen, processors))
+            }),
+        Cmd::Ceiling { listen } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(edges::node::ceiling(listen))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

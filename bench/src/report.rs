@@ -50,6 +50,10 @@ pub struct JobResult {
     /// What else to know when reading the figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Figures of a job that measures several things at once (latency_http: each
+    /// guarantee at each offered load), beside the headline ones above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 impl JobResult {

@@ -1,0 +1,102 @@
+//! The measured processes of the edge jobs: `node` (orderflow's processors with the
+//! HTTP and chat edges on one listener, as `orderflow run` builds a node) and
+//! `ceiling` (a bare axum JSON endpoint, the most one core serves).
+//!
+//! Each prints the address it listens on as its first line (`edges: http://…` or
+//! `ceiling: http://…`), which the harness reads from its log.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use orderflow_connectors::auth::token::{JwtConfig, Tokens};
+use orderflow_connectors::chat::ChatSettings;
+use orderflow_connectors::http::HttpSettings;
+use orderflow_connectors::node::{self, NodeConfig};
+use orderflow_runtime::metrics::Metrics;
+use orderflow_runtime::registry::RegistryClient;
+use orderflow_runtime::topology::{self, EdgeKind};
+
+use crate::cluster::repo_root;
+
+/// The line prefix the node announces its listener with.
+pub const NODE_ANNOUNCE: &str = "edges: http://";
+/// The line prefix the ceiling announces its listener with.
+pub const CEILING_ANNOUNCE: &str = "ceiling: http://";
+
+/// Runs a node with `processors` and both edges on `listen` until SIGTERM. The JWT
+/// settings (`JWT_SECRET`), the HTTP edge's settings (`ORDERFLOW_HTTP_*`), the app
+/// name and the guarantee come from the environment the harness sets.
+pub async fn node(
+    bootstrap: &str,
+    registry: &str,
+    listen: SocketAddr,
+    processors: Vec<String>,
+) -> anyhow::Result<()> {
+    let catalog = orderflow_pipelines::catalog();
+    let topology = Arc::new(
+        topology::load(&repo_root().join("topology.yaml"), &catalog)
+            .map_err(|e| anyhow!("topology.yaml: {e}"))?,
+    );
+    let registry = Arc::new(RegistryClient::remote(registry)?);
+    let jwt = JwtConfig::from_env().context("the edges sign and check tokens")?;
+    let tokens = Arc::new(Tokens::new(&jwt).context("the edges sign and check tokens")?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the edges"))?;
+    announce(NODE_ANNOUNCE, listener.local_addr()?)?;
+    let config = NodeConfig {
+        bootstrap: bootstrap.to_string(),
+        kafka_overrides: Vec::new(),
+        consumer_overrides: Vec::new(),
+        topology,
+        catalog,
+        registry,
+        processors: Some(processors),
+        edges: BTreeSet::from([EdgeKind::Http, EdgeKind::Ws]),
+        listener: Some(listener),
+        sinks: Vec::new(),
+        redis_url: None,
+        tokens: Some(tokens),
+        http: HttpSettings::from_env()?,
+        chat: ChatSettings::default(),
+        metrics: Arc::new(Metrics::new()),
+        instance_id: None,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    node::run(config, async move {
+        term.recv().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// Serves `GET /json` (a small JSON object) on `listen` until SIGTERM.
+pub async fn ceiling(listen: SocketAddr) -> anyhow::Result<()> {
+    let router = axum::Router::new().route(
+        "/json",
+        axum::routing::get(|| async {
+            axum::Json(serde_json::json!({"ok": true, "service": "ceiling", "version": 1}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    announce(CEILING_ANNOUNCE, listener.local_addr()?)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            term.recv().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn announce(prefix: &str, address: SocketAddr) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{prefix}{address}")?;
+    stdout.flush()?;
+    Ok(())
+}
