@@ -120,7 +120,11 @@ pub fn copy(bootstrap: &str, group: &str, from: &str, to: &str) -> anyhow::Resul
         consumer.store_offset_from_message(&message)?;
     }
     producer.flush(Duration::from_secs(30))?;
-    consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)?;
+    // Nothing stored since the last background commit is not an error.
+    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+        other => other?,
+    }
     drop(waiter);
     Ok(())
 }
