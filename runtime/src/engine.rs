@@ -492,7 +492,18 @@ struct StreamThread {
     /// Per input topic, every input topic a task reading it also reads (itself
     /// included), sorted.
     siblings: BTreeMap<String, Vec<String>>,
+    /// When partitions were last assigned, and the input partitions that have
+    /// delivered a record since: right after an assignment an empty partition may
+    /// only not have been fetched yet (its lag is unknown), so its task waits for it
+    /// a little even when the consumer has nothing else to give.
+    assigned_at: Option<Instant>,
+    seen: BTreeSet<(String, i32)>,
 }
+
+/// How long after an assignment a task waits for a sibling partition that has not
+/// delivered anything yet (Kafka Streams waits while such a partition's lag is
+/// unknown).
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Records read ahead into `ready` before a task waiting for a sibling partition's
 /// data takes what it has anyway.
@@ -605,6 +616,8 @@ impl StreamThread {
             ready: BTreeMap::new(),
             ready_len: 0,
             siblings,
+            assigned_at: None,
+            seen: BTreeSet::new(),
         };
         if !global_topics.is_empty() {
             thread.start_globals(&global_topics)?;
@@ -647,6 +660,13 @@ impl StreamThread {
                         tracing::warn!(error = %e, "consumer error");
                     }
                     Some(Ok(input)) => {
+                        // Only the first seconds after an assignment need to know.
+                        if self
+                            .assigned_at
+                            .is_some_and(|at| at.elapsed() < FIRST_FETCH_WAIT)
+                        {
+                            self.seen.insert((input.topic.clone(), input.partition));
+                        }
                         self.ready_len += 1;
                         self.ready
                             .entry((input.topic.clone(), input.partition))
@@ -712,6 +732,8 @@ impl StreamThread {
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(partitions = partitions.len(), "partitions assigned");
+                    self.assigned_at = Some(Instant::now());
+                    self.seen.clear();
                     self.assigned.extend(partitions);
                     self.create_tasks()?;
                 }
@@ -1007,7 +1029,10 @@ impl StreamThread {
     /// read-ahead is full; so a backlog of one topic is not run ahead of the other
     /// (a payment result before its order) just because its fetch came back first.
     fn process_ready(&mut self, drained: bool) -> Result<(), EngineError> {
-        let mut force = drained || self.ready_len >= READY_MAX;
+        let mut full = self.ready_len >= READY_MAX;
+        let settled = self
+            .assigned_at
+            .is_none_or(|at| at.elapsed() >= FIRST_FETCH_WAIT);
         let groups: Vec<(Vec<String>, i32)> = {
             let mut groups: Vec<(Vec<String>, i32)> = self
                 .ready
@@ -1033,7 +1058,7 @@ impl StreamThread {
         while budget > 0 {
             let mut progressed = false;
             for (topics, partition) in &groups {
-                let Some(key) = self.next_ready(topics, *partition, force) else {
+                let Some(key) = self.next_ready(topics, *partition, full, drained, settled) else {
                     continue;
                 };
                 let Some(input) = self.ready.get_mut(&key).and_then(VecDeque::pop_front) else {
@@ -1046,8 +1071,8 @@ impl StreamThread {
                 self.process_input(input)?;
                 progressed = true;
                 budget -= 1;
-                if self.ready_len < READY_MAX / 2 && !drained {
-                    force = false;
+                if self.ready_len < READY_MAX / 2 {
+                    full = false;
                 }
                 if budget == 0 {
                     break;
@@ -1062,8 +1087,17 @@ impl StreamThread {
 
     /// The input partition of the group (`topics` at `partition`) whose next read
     /// record is the oldest; `None` when nothing is read, or when one of them has
-    /// nothing read and the group must wait (`force` says it must not).
-    fn next_ready(&self, topics: &[String], partition: i32, force: bool) -> Option<(String, i32)> {
+    /// nothing read and the group must wait for it: unless the read-ahead is `full`,
+    /// or the consumer `drained` and that partition is not just unfetched (it has
+    /// delivered since the assignment, or the assignment has `settled`).
+    fn next_ready(
+        &self,
+        topics: &[String],
+        partition: i32,
+        full: bool,
+        drained: bool,
+        settled: bool,
+    ) -> Option<(String, i32)> {
         let mut oldest: Option<(i64, &String)> = None;
         let mut waiting = false;
         for topic in topics {
@@ -1077,11 +1111,16 @@ impl StreamThread {
                         oldest = Some((head.timestamp, topic));
                     }
                 }
-                None => waiting = true,
+                None => {
+                    let known = settled || self.seen.contains(&(topic.clone(), partition));
+                    if !(full || (drained && known)) {
+                        waiting = true;
+                    }
+                }
             }
         }
         let (_, topic) = oldest?;
-        if waiting && !force {
+        if waiting {
             return None;
         }
         Some((topic.clone(), partition))
