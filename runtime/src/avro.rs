@@ -63,15 +63,7 @@ pub fn union_variant<T: Serialize>(
     full_name: &str,
     record: &T,
 ) -> Result<Value, AvroError> {
-    let Schema::Union(union) = schema else {
-        return Err(AvroError::NoSuchVariant(full_name.to_string()));
-    };
-    let (index, variant) = union
-        .variants()
-        .iter()
-        .enumerate()
-        .find(|(_, v)| schema_name(v).as_deref() == Some(full_name))
-        .ok_or_else(|| AvroError::NoSuchVariant(full_name.to_string()))?;
+    let (index, variant) = union_branch(schema, full_name)?;
     let value = apache_avro::to_value(record).map_err(|e| mismatch(variant, e))?;
     let value = value.resolve(variant).map_err(|e| mismatch(variant, e))?;
     Ok(Value::Union(index as u32, Box::new(value)))
@@ -86,15 +78,7 @@ pub fn union_encode<T: Serialize>(
     record: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), AvroError> {
-    let Schema::Union(union) = schema else {
-        return Err(AvroError::NoSuchVariant(full_name.to_string()));
-    };
-    let (index, variant) = union
-        .variants()
-        .iter()
-        .enumerate()
-        .find(|(_, v)| schema_name(v).as_deref() == Some(full_name))
-        .ok_or_else(|| AvroError::NoSuchVariant(full_name.to_string()))?;
+    let (index, variant) = union_branch(schema, full_name)?;
     // Avro writes a union's branch index as a zig-zag varint long.
     let mut n = ((index as i64) << 1) ^ ((index as i64) >> 63);
     loop {
@@ -124,6 +108,19 @@ fn encode_serde<T: Serialize>(
         out.truncate(start);
         mismatch(schema, e)
     })
+}
+
+/// The index and schema of the branch named `full_name` of the union `schema`.
+fn union_branch<'s>(schema: &'s Schema, full_name: &str) -> Result<(usize, &'s Schema), AvroError> {
+    let Schema::Union(union) = schema else {
+        return Err(AvroError::NoSuchVariant(full_name.to_string()));
+    };
+    union
+        .variants()
+        .iter()
+        .enumerate()
+        .find(|(_, v)| schema_name(v).as_deref() == Some(full_name))
+        .ok_or_else(|| AvroError::NoSuchVariant(full_name.to_string()))
 }
 
 /// The full name of a named schema (`namespace.name`), `None` for anonymous ones.
