@@ -468,11 +468,17 @@ impl Run {
             let marks = Marks::take(&self.cluster, &expected)?;
             let command = self.engine_command(&app, ALOS, &["user-cache"])?;
             let mut process = Measured::spawn(command, &self.log_path("restore_1m"), self.job_core)?;
+            let profile = if self.perf {
+                Some(crate::profile::Profile::attach(&process, &self.work.join("perf"), "restore_1m")?)
+            } else {
+                None
+            };
             let probe = self.sizes.registrations + 1;
             let serde = self.cluster.serde.clone();
             self.cluster
                 .preload(topics::AUTH_COMMANDS, load::registrations(&serde, 1, probe))?;
             let observed = count::watch(&self.cluster, &marks, &expected, &mut process, Duration::from_secs(600));
+            let summary = profile.map(crate::profile::Profile::finish);
             let stopped = process.stop(Duration::from_secs(30));
             let observed = observed?;
             let entries = 2 * self.sizes.registrations as u64;
@@ -487,8 +493,9 @@ impl Run {
                 engine: "orderflow".into(),
                 guarantee: Some(ALOS.into()),
                 note: Some(format!(
-                    "{} users-by-email keys + as many user-requests entries; seconds = process start to the first answer after the restore; stopped: {stopped}",
-                    self.sizes.registrations
+                    "{} users-by-email keys + as many user-requests entries; seconds = process start to the first answer after the restore; stopped: {stopped}{}",
+                    self.sizes.registrations,
+                    summary.map(|s| format!("; profile: {s}")).unwrap_or_default()
                 )),
                 ..JobResult::default()
             })

@@ -2,7 +2,10 @@
 //! topic implements [`AvroRecord`], so the schema in `schemas/` and the Rust type are
 //! checked against each other whenever a value is encoded or decoded.
 
+use std::collections::HashMap;
+
 use apache_avro::Schema;
+use apache_avro::schema::{Name, NamespaceRef, ResolvedSchema};
 use apache_avro::types::Value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -101,9 +104,12 @@ fn encode_serde<T: Serialize>(
     out: &mut Vec<u8>,
 ) -> Result<(), AvroError> {
     let start = out.len();
-    let written = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-        .build()
-        .and_then(|writer| writer.write_ser(out, record));
+    let written = names_of(schema).and_then(|names| {
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .resolved_schemata(names)
+            .build()?
+            .write_ser(out, record)
+    });
     written.map(|_| ()).map_err(|e| {
         out.truncate(start);
         mismatch(schema, e)
@@ -152,7 +158,9 @@ fn schema_kind(schema: &Schema) -> &'static str {
 
 /// Writes `value` (already resolved against `schema`) as an Avro body, no framing.
 pub fn write_body(schema: &Schema, value: Value, out: &mut Vec<u8>) -> Result<(), AvroError> {
+    let names = names_of(schema).map_err(|e| mismatch(schema, e))?;
     let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .resolved_schemata(names)
         .build()
         .map_err(|e| mismatch(schema, e))?;
     writer
@@ -169,11 +177,11 @@ pub fn read_body(
     body: &[u8],
 ) -> Result<Value, AvroError> {
     let mut cursor = body;
-    let datum = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+    let names = names_of(writer).map_err(|e| AvroError::Body(e.to_string()))?;
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
+        .resolved_writer_schemata(names.clone())
         .build()
-        .map_err(|e| AvroError::Body(e.to_string()))?;
-    let value = datum
-        .read_value(&mut cursor)
+        .and_then(|datum| datum.read_value(&mut cursor))
         .map_err(|e| AvroError::Body(e.to_string()))?;
     if !cursor.is_empty() {
         return Err(AvroError::Body(format!(
@@ -184,7 +192,7 @@ pub fn read_body(
     // apache-avro 0.22 reads a string cut short by the end of the body as a null
     // rather than failing; a value that does not validate against the schema it was
     // read with is such a truncated body.
-    if !value.validate(writer) {
+    if !value.validate_with_names(writer, names.get_names()) {
         return Err(AvroError::Body(
             "the body ends before the record does (truncated)".to_string(),
         ));
@@ -193,6 +201,96 @@ pub fn read_body(
         Some(reader) => resolve_to_reader(writer, reader, value),
         None => Ok(value),
     }
+}
+
+/// The named types `schema` refers to by name, for apache-avro's readers and writers.
+/// None when the schema names no type by reference (every schema in `schemas/`, and
+/// every writer schema after [`inline_refs`]): apache-avro would otherwise build this
+/// table (a map and a `String` per named type) on every record read or written, which
+/// was a sixth of the CPU of the user-cache benchmark.
+fn names_of(schema: &Schema) -> Result<ResolvedSchema<'_>, apache_avro::Error> {
+    if refers_by_name(schema) {
+        ResolvedSchema::try_from(schema)
+    } else {
+        ResolvedSchema::new_with_schemata(Vec::new())
+    }
+}
+
+/// Whether `schema` uses a named type by reference (`Schema::Ref`) anywhere.
+pub fn refers_by_name(schema: &Schema) -> bool {
+    match schema {
+        Schema::Ref { .. } => true,
+        Schema::Array(array) => refers_by_name(&array.items),
+        Schema::Map(map) => refers_by_name(&map.types),
+        Schema::Union(union) => union.variants().iter().any(refers_by_name),
+        Schema::Record(record) => record.fields.iter().any(|f| refers_by_name(&f.schema)),
+        _ => false,
+    }
+}
+
+/// `schema` with every reference to a named type replaced by the type's definition,
+/// so it reads and writes the same bytes with no name table (see [`names_of`]).
+/// `None` when a type refers to itself (a recursive schema cannot be inlined) or a
+/// reference does not resolve; such a schema is used as it is.
+pub fn inline_refs(schema: &Schema) -> Option<Schema> {
+    if !refers_by_name(schema) {
+        return Some(schema.clone());
+    }
+    let resolved = ResolvedSchema::try_from(schema).ok()?;
+    let mut open = Vec::new();
+    inline_in(schema, None, resolved.get_names(), &mut open)
+}
+
+fn inline_in(
+    schema: &Schema,
+    namespace: NamespaceRef<'_>,
+    names: &HashMap<Name, &Schema>,
+    open: &mut Vec<Name>,
+) -> Option<Schema> {
+    Some(match schema {
+        Schema::Ref { name } => {
+            let full = name.fully_qualified_name(namespace).into_owned();
+            if open.contains(&full) {
+                return None;
+            }
+            let definition = *names.get(&full)?;
+            open.push(full.clone());
+            let inlined = inline_in(definition, full.namespace(), names, open);
+            open.pop();
+            inlined?
+        }
+        Schema::Array(array) => {
+            let mut array = array.clone();
+            *array.items = inline_in(&array.items, namespace, names, open)?;
+            Schema::Array(array)
+        }
+        Schema::Map(map) => {
+            let mut map = map.clone();
+            *map.types = inline_in(&map.types, namespace, names, open)?;
+            Schema::Map(map)
+        }
+        Schema::Union(union) => {
+            let variants = union
+                .variants()
+                .iter()
+                .map(|v| inline_in(v, namespace, names, open))
+                .collect::<Option<Vec<_>>>()?;
+            Schema::Union(apache_avro::schema::UnionSchema::new(variants).ok()?)
+        }
+        Schema::Record(record) => {
+            let full = record.name.fully_qualified_name(namespace).into_owned();
+            open.push(full.clone());
+            let mut record = record.clone();
+            let fields = record.fields.iter_mut().try_for_each(|field| {
+                field.schema = inline_in(&field.schema, full.namespace(), names, open)?;
+                Some(())
+            });
+            open.pop();
+            fields?;
+            Schema::Record(record)
+        }
+        other => other.clone(),
+    })
 }
 
 /// Resolves a value decoded with `writer` to `reader`. apache-avro's `Value::resolve`

@@ -145,6 +145,15 @@ pub struct TopicSchemaId {
     pub schema: Arc<Schema>,
 }
 
+/// A writer schema as the decoder keeps it: with its references to named types
+/// inlined when it has any, so reading a record needs no name table.
+fn reading_schema(schema: Arc<Schema>) -> Arc<Schema> {
+    if !avro::refers_by_name(&schema) {
+        return schema;
+    }
+    avro::inline_refs(&schema).map_or(schema, Arc::new)
+}
+
 /// Encodes and decodes the values of known topics. Cheap to share (`Arc`); the
 /// writer-schema cache fills as new ids are seen.
 #[derive(Debug, Default)]
@@ -156,7 +165,10 @@ pub struct TopicSerde {
 impl TopicSerde {
     /// A serde for these topics (each with the id its schema is registered under).
     pub fn new(topics: BTreeMap<String, TopicSchemaId>) -> Self {
-        let writers = topics.values().map(|t| (t.id, t.schema.clone())).collect();
+        let writers = topics
+            .values()
+            .map(|t| (t.id, reading_schema(t.schema.clone())))
+            .collect();
         TopicSerde {
             topics,
             writers: RwLock::new(writers),
@@ -171,7 +183,7 @@ impl TopicSerde {
     /// Remembers a writer schema fetched from the registry.
     pub fn insert_writer(&self, id: u32, schema: Arc<Schema>) {
         if let Ok(mut writers) = self.writers.write() {
-            writers.insert(id, schema);
+            writers.insert(id, reading_schema(schema));
         }
     }
 

@@ -319,3 +319,136 @@ mod never_panics {
         }
     }
 }
+
+#[derive(Serialize)]
+struct Place {
+    url: String,
+}
+
+#[derive(Serialize)]
+struct ClickV3 {
+    user: String,
+    page: String,
+    from: Option<Place>,
+    to: Option<Place>,
+}
+
+/// A producer whose schema uses a named type a second time by reference (as Avro's
+/// Java code generator writes shared types) is read like any other writer: the
+/// decoder keeps such a schema with its references inlined.
+#[tokio::test]
+async fn a_writer_that_refers_to_its_types_by_name_is_read() -> Result<()> {
+    let registry = Registry::start().await?;
+    let client = RegistryClient::remote(&registry.url)?;
+    let serde = serde_on(&client).await?;
+    let v3 = r#"{"type":"record","name":"Click","namespace":"orderflow.test","fields":[
+        {"name":"user","type":"string"},{"name":"page","type":"string"},
+        {"name":"from","type":["null",{"type":"record","name":"Place",
+            "fields":[{"name":"url","type":"string"}]}],"default":null},
+        {"name":"to","type":["null","Place"],"default":null}]}"#;
+    let encoder = AvroEncoder::new(SrSettings::new(registry.url.clone()));
+    let bytes = encoder
+        .encode_struct(
+            ClickV3 {
+                user: "cy".into(),
+                page: "/pay".into(),
+                from: Some(Place { url: "/a".into() }),
+                to: Some(Place { url: "/b".into() }),
+            },
+            &SubjectNameStrategy::TopicNameStrategyWithSchema(
+                "clicks".into(),
+                false,
+                SuppliedSchema::new(None, SchemaType::Avro, v3.to_string()),
+            ),
+        )
+        .await?;
+    let value = serde.decode_with(&client, "clicks", 0, 9, &bytes).await?;
+    let read = <Click as orderflow_runtime::avro::AvroRecord>::from_avro(&value)?;
+    assert_eq!((read.user.as_str(), read.page.as_str()), ("cy", "/pay"));
+    Ok(())
+}
+
+/// `inline_refs` spells each referenced type out: the result names nothing by
+/// reference and reads every body exactly as the original does. A type that refers
+/// to itself cannot be spelled out and is left alone (and still reads).
+#[test]
+fn inlined_schemas_read_the_same_values() -> Result<()> {
+    use apache_avro::Schema;
+    use apache_avro::types::Value;
+    use orderflow_runtime::avro::{inline_refs, read_body, refers_by_name, write_body};
+
+    let shared = Schema::parse_str(
+        r#"{"type":"record","name":"Move","namespace":"orderflow.test","fields":[
+            {"name":"from","type":{"type":"record","name":"Cell","fields":[
+                {"name":"row","type":"int"},
+                {"name":"kind","type":{"type":"enum","name":"Kind","symbols":["A","B"]}}]}},
+            {"name":"to","type":"Cell"},
+            {"name":"via","type":{"type":"array","items":"orderflow.test.Cell"}},
+            {"name":"tags","type":{"type":"map","values":["null","Kind"]}}]}"#,
+    )?;
+    assert!(refers_by_name(&shared));
+    let inlined = inline_refs(&shared).expect("not recursive");
+    assert!(!refers_by_name(&inlined));
+    let cell = |row: i32, kind: u32| {
+        Value::Record(vec![
+            ("row".into(), Value::Int(row)),
+            (
+                "kind".into(),
+                Value::Enum(kind, ["A", "B"][kind as usize].into()),
+            ),
+        ])
+    };
+    let value = Value::Record(vec![
+        ("from".into(), cell(1, 0)),
+        ("to".into(), cell(2, 1)),
+        ("via".into(), Value::Array(vec![cell(3, 1), cell(4, 0)])),
+        (
+            "tags".into(),
+            Value::Map(
+                [
+                    (
+                        "x".to_string(),
+                        Value::Union(1, Box::new(Value::Enum(1, "B".into()))),
+                    ),
+                    ("y".to_string(), Value::Union(0, Box::new(Value::Null))),
+                ]
+                .into(),
+            ),
+        ),
+    ]);
+    let mut body = Vec::new();
+    write_body(&shared, value.clone(), &mut body)?;
+    let mut again = Vec::new();
+    write_body(&inlined, value.clone(), &mut again)?;
+    assert_eq!(body, again, "both spellings write the same bytes");
+    assert_eq!(read_body(&shared, None, &body)?, value);
+    assert_eq!(read_body(&inlined, None, &body)?, value);
+    // Cut short, the inlined schema still refuses the body.
+    assert!(read_body(&inlined, None, &body[..body.len() - 2]).is_err());
+
+    let list = Schema::parse_str(
+        r#"{"type":"record","name":"Node","fields":[
+            {"name":"value","type":"long"},{"name":"next","type":["null","Node"]}]}"#,
+    )?;
+    assert!(
+        inline_refs(&list).is_none(),
+        "a recursive type stays as it is"
+    );
+    let chain = Value::Record(vec![
+        ("value".into(), Value::Long(1)),
+        (
+            "next".into(),
+            Value::Union(
+                1,
+                Box::new(Value::Record(vec![
+                    ("value".into(), Value::Long(2)),
+                    ("next".into(), Value::Union(0, Box::new(Value::Null))),
+                ])),
+            ),
+        ),
+    ]);
+    let mut body = Vec::new();
+    write_body(&list, chain.clone(), &mut body)?;
+    assert_eq!(read_body(&list, None, &body)?, chain);
+    Ok(())
+}
