@@ -19,7 +19,7 @@ use crate::processor::ProcessError;
 use crate::store::KeyValueStore;
 use crate::timer::{TimeDomain, TimerIndex};
 use crate::topology::ProcessorNode;
-use crate::wire::TopicSerde;
+use crate::wire::{DecodeError, TopicSerde};
 
 /// A record a processor forwarded, encoded in the wire format, waiting to be
 /// produced.
@@ -38,28 +38,57 @@ pub struct Output {
 }
 
 /// Global tables: every partition of a topic, materialized on every instance, keyed by
-/// record key, holding the latest decoded value.
+/// record key, holding the latest value as it came off the topic (framed Avro bytes,
+/// checked to decode when applied). Rows are decoded when read: a decoded Avro
+/// `Value` takes several times the memory of its bytes, and a table of users is read
+/// far less often than it holds rows.
 #[derive(Debug, Default, Clone)]
 pub struct GlobalTables {
-    tables: BTreeMap<String, BTreeMap<String, Value>>,
+    tables: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 impl GlobalTables {
-    /// Applies a record of `topic` (a tombstone deletes).
-    pub fn apply(&mut self, topic: &str, key: &str, value: Option<Value>) {
-        let table = self.tables.entry(topic.to_string()).or_default();
-        match value {
-            Some(Value::Null) | None => {
+    /// Applies a record of `topic` read at `partition`/`offset`: a tombstone (or a
+    /// value that decodes to null) deletes the key, a value that decodes replaces
+    /// it, and one that does not decode is an error and leaves the table as it was.
+    pub fn apply(
+        &mut self,
+        serde: &TopicSerde,
+        topic: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        (partition, offset): (i32, i64),
+    ) -> Result<(), DecodeError> {
+        let keep = match value {
+            None => None,
+            Some(bytes) => match serde.decode(topic, partition, offset, bytes)? {
+                Value::Null => None,
+                _ => Some(bytes),
+            },
+        };
+        let table = match self.tables.get_mut(topic) {
+            Some(table) => table,
+            None => self.tables.entry(topic.to_string()).or_default(),
+        };
+        match keep {
+            None => {
                 table.remove(key);
             }
-            Some(v) => {
-                table.insert(key.to_string(), v);
-            }
+            Some(bytes) => match table.get_mut(key) {
+                Some(row) => {
+                    row.clear();
+                    row.extend_from_slice(bytes);
+                }
+                None => {
+                    table.insert(key.to_string(), bytes.to_vec());
+                }
+            },
         }
+        Ok(())
     }
 
     /// The table of `topic`, if any record of it has been seen.
-    pub fn table(&self, topic: &str) -> Option<&BTreeMap<String, Value>> {
+    fn table(&self, topic: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
         self.tables.get(topic)
     }
 }
@@ -68,7 +97,8 @@ impl GlobalTables {
 #[derive(Debug, Clone, Copy)]
 pub struct GlobalTable<'a> {
     topic: &'a str,
-    rows: Option<&'a BTreeMap<String, Value>>,
+    rows: Option<&'a BTreeMap<String, Vec<u8>>>,
+    serde: &'a TopicSerde,
 }
 
 impl GlobalTable<'_> {
@@ -76,10 +106,15 @@ impl GlobalTable<'_> {
     pub fn get<T: AvroRecord>(&self, key: &str) -> Result<Option<T>, ProcessError> {
         self.rows
             .and_then(|rows| rows.get(key))
-            .map(|v| {
-                T::from_avro(v).map_err(|e| {
-                    ProcessError::Fatal(format!("global table {}: row {key:?}: {e}", self.topic))
-                })
+            .map(|bytes| {
+                self.serde
+                    .decode_as::<T>(self.topic, -1, -1, bytes)
+                    .map_err(|e| {
+                        ProcessError::Fatal(format!(
+                            "global table {}: row {key:?}: {}",
+                            self.topic, e.kind
+                        ))
+                    })
             })
             .transpose()
     }
@@ -255,6 +290,7 @@ impl<'a> Context<'a> {
         Ok(GlobalTable {
             topic,
             rows: self.globals.table(topic),
+            serde: self.serde,
         })
     }
 

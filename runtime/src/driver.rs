@@ -410,7 +410,7 @@ impl TestDriver {
                         .and_then(|log| log.partitions.get(partition as usize))
                         .into_iter()
                         .flatten()
-                        .map(move |r| (store.clone(), r.key.clone(), r.value.clone()))
+                        .map(move |r| (Arc::from(store.as_str()), r.key.clone(), r.value.clone()))
                 });
                 let task = Task::restore(
                     &topology,
@@ -487,16 +487,17 @@ impl TestDriver {
         let part = &mut log.partitions[partition as usize];
         let offset = part.len() as i64;
         if self.global_topics.contains(topic) {
-            let decoded = record
-                .value
-                .as_deref()
-                .map(|b| self.serde.decode(topic, partition, offset, b));
-            match decoded {
-                None => self.globals.apply(topic, &record.key, None),
-                Some(Ok(v)) => self.globals.apply(topic, &record.key, Some(v)),
-                // A global table skips what it cannot decode, as Kafka Streams' global
-                // store does with a log-and-continue handler.
-                Some(Err(e)) => tracing::warn!(error = %e, "global table skipped a record"),
+            let applied = self.globals.apply(
+                &self.serde,
+                topic,
+                &record.key,
+                record.value.as_deref(),
+                (partition as i32, offset),
+            );
+            // A global table skips what it cannot decode, as Kafka Streams' global
+            // store does with a log-and-continue handler.
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "global table skipped a record");
             }
         }
         part.push(record);

@@ -841,8 +841,10 @@ impl StreamThread {
         tasks: &[(Arc<ProcessorNode>, i32)],
     ) -> Result<BTreeMap<(String, i32), Vec<RestoredEntry>>, EngineError> {
         let topology = &self.shared.topology;
-        let mut out: BTreeMap<(String, i32), Vec<RestoredEntry>> = BTreeMap::new();
-        let mut wanted: BTreeMap<(String, i32), Wanted> = BTreeMap::new();
+        // What is left to read: one entry per changelog partition, found by a short
+        // scan (a few per task) rather than a map keyed by an owned topic name, so a
+        // record costs no allocation to place.
+        let mut wanted: Vec<Wanted> = Vec::new();
         let consumer: BaseConsumer = consumer_config(&self.config)
             .set("group.id", format!("{}-restore", topology.app))
             .set("enable.auto.commit", "false")
@@ -852,7 +854,8 @@ impl StreamThread {
             .create()
             .map_err(kafka("creating the restore consumer", CHECK_BROKER))?;
         let mut tpl = TopicPartitionList::new();
-        for (node, partition) in tasks {
+        let mut entries: Vec<Vec<RestoredEntry>> = vec![Vec::new(); tasks.len()];
+        for (task, (node, partition)) in tasks.iter().enumerate() {
             for store in &node.stores {
                 let Some(topic) = topology.stores.get(store).and_then(|s| s.changelog.clone())
                 else {
@@ -867,69 +870,75 @@ impl StreamThread {
                 }
                 tpl.add_partition_offset(&topic, *partition, Offset::Beginning)
                     .map_err(kafka("assigning the changelog", ""))?;
-                wanted.insert(
-                    (topic, *partition),
-                    ((node.name.clone(), *partition), store.clone(), high),
-                );
+                wanted.push(Wanted {
+                    topic,
+                    partition: *partition,
+                    task,
+                    store: Arc::from(store.as_str()),
+                    high,
+                });
             }
         }
-        if wanted.is_empty() {
-            return Ok(out);
+        if !wanted.is_empty() {
+            consumer
+                .assign(&tpl)
+                .map_err(kafka("assigning changelogs", CHECK_BROKER))?;
         }
-        consumer
-            .assign(&tpl)
-            .map_err(kafka("assigning changelogs", CHECK_BROKER))?;
         let mut last_check = Instant::now();
         while !wanted.is_empty() {
-            let done = match consumer.poll(Duration::from_millis(100)) {
+            let mut idle = true;
+            match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    let tp = (m.topic().to_string(), m.partition());
-                    match wanted.get(&tp) {
-                        Some((task, store, high)) => {
-                            let key = m
-                                .key()
-                                .map(|k| String::from_utf8_lossy(k).into_owned())
-                                .unwrap_or_default();
-                            out.entry(task.clone()).or_default().push((
-                                store.clone(),
-                                key,
-                                m.payload().map(<[u8]>::to_vec),
-                            ));
-                            (m.offset() + 1 >= *high).then_some(tp)
+                    idle = false;
+                    let at = wanted
+                        .iter()
+                        .position(|w| w.partition == m.partition() && w.topic == m.topic());
+                    if let Some(at) = at {
+                        let w = &wanted[at];
+                        let key = m
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .unwrap_or_default();
+                        entries[w.task].push((
+                            w.store.clone(),
+                            key,
+                            m.payload().map(<[u8]>::to_vec),
+                        ));
+                        if m.offset() + 1 >= w.high {
+                            wanted.swap_remove(at);
                         }
-                        None => None,
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => None,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "restore consumer error");
-                    None
-                }
-                None => None,
-            };
-            let idle = done.is_none();
-            if let Some(tp) = done {
-                wanted.remove(&tp);
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "restore consumer error"),
+                None => {}
             }
             // Past aborted records and transaction markers there may be nothing more
             // to deliver (and an end-of-partition event does not name its topic):
-            // the positions say which partitions are read to their end.
+            // the positions say which partitions are read to their end. Asking is a
+            // round trip to librdkafka's main thread, so only when the consumer has
+            // nothing to hand over, or every 50 ms.
             if idle || last_check.elapsed() >= Duration::from_millis(50) {
                 last_check = Instant::now();
                 if let Ok(positions) = consumer.position() {
                     for e in positions.elements() {
-                        let tp = (e.topic().to_string(), e.partition());
-                        if let (Some(position), Some((_, _, high))) =
-                            (e.offset().to_raw(), wanted.get(&tp))
-                            && position >= *high
-                        {
-                            wanted.remove(&tp);
+                        if let Some(position) = e.offset().to_raw() {
+                            wanted.retain(|w| {
+                                !(w.partition == e.partition()
+                                    && w.topic == e.topic()
+                                    && position >= w.high)
+                            });
                         }
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(tasks
+            .iter()
+            .zip(entries)
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|((node, partition), entries)| ((node.name.clone(), *partition), entries))
+            .collect())
     }
 
     fn start_globals(&mut self, topics: &BTreeSet<String>) -> Result<(), EngineError> {
@@ -996,18 +1005,15 @@ impl StreamThread {
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned())
                 .unwrap_or_default();
-            match m.payload() {
-                None => self.globals.apply(m.topic(), &key, None),
-                Some(bytes) => {
-                    match self
-                        .shared
-                        .serde
-                        .decode(m.topic(), m.partition(), m.offset(), bytes)
-                    {
-                        Ok(v) => self.globals.apply(m.topic(), &key, Some(v)),
-                        Err(e) => tracing::warn!(error = %e, "global table skipped a record"),
-                    }
-                }
+            let applied = self.globals.apply(
+                &self.shared.serde,
+                m.topic(),
+                &key,
+                m.payload(),
+                (m.partition(), m.offset()),
+            );
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "global table skipped a record");
             }
         }
     }
@@ -1895,7 +1901,17 @@ impl StreamThread {
 }
 
 /// A changelog partition a restore still reads: its task, its store, its end offset.
-type Wanted = ((String, i32), String, i64);
+/// A changelog partition a restore still reads: its end offset, and the task and
+/// store its records go to.
+#[derive(Debug)]
+struct Wanted {
+    topic: String,
+    partition: i32,
+    /// Index of the task in the batch being restored.
+    task: usize,
+    store: Arc<str>,
+    high: i64,
+}
 
 /// The changelog key of an at_least_once mark (NUL-prefixed: no store key of a
 /// processor starts so, and restores never hand it to a store).
@@ -1906,7 +1922,7 @@ const MARK_KEY: &str = "\u{0}orderflow.applied";
 /// the trimmed state reflects: the smallest over the stores, so no store skips a
 /// record another one still needs. Marks are dropped from the entries.
 fn trim_to_marks(entries: &mut Vec<RestoredEntry>) -> BTreeMap<String, i64> {
-    let mut last_mark: BTreeMap<String, (usize, BTreeMap<String, i64>)> = BTreeMap::new();
+    let mut last_mark: BTreeMap<Arc<str>, (usize, BTreeMap<String, i64>)> = BTreeMap::new();
     for (i, (store, key, value)) in entries.iter().enumerate() {
         if key == MARK_KEY
             && let Some(marks) = value

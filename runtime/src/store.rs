@@ -149,6 +149,18 @@ impl KeyValueStore {
         }
     }
 
+    /// [`KeyValueStore::restore`] of an owned key (no copy of it is made).
+    pub fn restore_owned(&mut self, key: String, value: Option<Vec<u8>>) {
+        match value {
+            Some(v) => {
+                self.data.insert(key, v);
+            }
+            None => {
+                self.data.remove(&key);
+            }
+        }
+    }
+
     /// The changed keys with their current value (`None`: deleted), clearing the
     /// dirty set. What the engine writes to the changelog at commit.
     pub fn take_dirty(&mut self) -> Vec<(String, Option<Vec<u8>>)> {

@@ -38,7 +38,7 @@ pub struct ChangelogRecord {
 
 /// A changelog record as read back for a restore: (store, key, value), `None` for a
 /// deletion.
-pub type RestoredEntry = (String, String, Option<Vec<u8>>);
+pub type RestoredEntry = (Arc<str>, String, Option<Vec<u8>>);
 
 /// One processor instance over one partition.
 pub struct Task {
@@ -77,8 +77,8 @@ impl Task {
             .map(|name| (name.clone(), KeyValueStore::new(name.clone())))
             .collect();
         for (store, key, value) in changelog {
-            if let Some(s) = stores.get_mut(&store) {
-                s.restore(&key, value);
+            if let Some(s) = stores.get_mut(&*store) {
+                s.restore_owned(key, value);
             }
         }
         let timers = match node.timer_store.as_ref().and_then(|n| stores.get(n)) {
