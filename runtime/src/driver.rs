@@ -492,7 +492,7 @@ impl TestDriver {
                 topic,
                 &record.key,
                 record.value.as_deref(),
-                (partition as i32, offset),
+                (partition, offset),
             );
             // A global table skips what it cannot decode, as Kafka Streams' global
             // store does with a log-and-continue handler.
