@@ -18,9 +18,13 @@ const FORMAT_JSON: u8 = 1;
 
 /// Encodes a typed store value.
 pub fn encode_value<V: Serialize>(value: &V) -> Result<Vec<u8>, ProcessError> {
-    let mut out = vec![FORMAT_JSON];
+    let mut out = Vec::with_capacity(128);
+    out.push(FORMAT_JSON);
     serde_json::to_writer(&mut out, value)
         .map_err(|e| ProcessError::Fatal(format!("cannot encode a store value: {e}")))?;
+    // The store keeps this buffer for as long as the key lives: give back what the
+    // writer's doubling left unused (up to half of it).
+    out.shrink_to_fit();
     Ok(out)
 }
 
