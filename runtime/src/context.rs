@@ -66,23 +66,14 @@ impl GlobalTables {
                 _ => Some(bytes),
             },
         };
-        let table = match self.tables.get_mut(topic) {
-            Some(table) => table,
-            None => self.tables.entry(topic.to_string()).or_default(),
-        };
+        let table = self.tables.entry(topic.to_string()).or_default();
         match keep {
             None => {
                 table.remove(key);
             }
-            Some(bytes) => match table.get_mut(key) {
-                Some(row) => {
-                    row.clear();
-                    row.extend_from_slice(bytes);
-                }
-                None => {
-                    table.insert(key.to_string(), bytes.to_vec());
-                }
-            },
+            Some(bytes) => {
+                table.insert(key.to_string(), bytes.to_vec());
+            }
         }
         Ok(())
     }

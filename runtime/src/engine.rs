@@ -762,16 +762,13 @@ impl StreamThread {
             return Ok(());
         }
         let started = Instant::now();
-        let mut restored_logs = self.read_changelogs(&todo)?;
+        let restored_logs = self.read_changelogs(&todo)?;
         let read = started.elapsed();
         let tasks = todo.len();
         // The batch was read in one pass: each task is charged an equal share.
         let share = read.as_secs_f64() / tasks as f64;
         let mut total = 0;
-        for (node, partition) in todo {
-            let mut changelog = restored_logs
-                .remove(&(node.name.clone(), partition))
-                .unwrap_or_default();
+        for ((node, partition), mut changelog) in todo.into_iter().zip(restored_logs) {
             if self.guarantee == Guarantee::AtLeastOnce {
                 let applied = trim_to_marks(&mut changelog);
                 self.applied.insert((node.name.clone(), partition), applied);
@@ -834,12 +831,12 @@ impl StreamThread {
     }
 
     /// Every record of the changelog partitions of these tasks, up to their end, as
-    /// (store, key, value) per task. One consumer reads them all at once: a restore
+    /// (store, key, value), one list per task in the order of `tasks`. One consumer reads them all at once: a restore
     /// after a rebalance costs about one fetch round, not one per store.
     fn read_changelogs(
         &self,
         tasks: &[(Arc<ProcessorNode>, i32)],
-    ) -> Result<BTreeMap<(String, i32), Vec<RestoredEntry>>, EngineError> {
+    ) -> Result<Vec<Vec<RestoredEntry>>, EngineError> {
         let topology = &self.shared.topology;
         // What is left to read: one entry per changelog partition, found by a short
         // scan (a few per task) rather than a map keyed by an owned topic name, so a
@@ -933,12 +930,7 @@ impl StreamThread {
                 }
             }
         }
-        Ok(tasks
-            .iter()
-            .zip(entries)
-            .filter(|(_, entries)| !entries.is_empty())
-            .map(|((node, partition), entries)| ((node.name.clone(), *partition), entries))
-            .collect())
+        Ok(entries)
     }
 
     fn start_globals(&mut self, topics: &BTreeSet<String>) -> Result<(), EngineError> {
@@ -1900,7 +1892,6 @@ impl StreamThread {
     }
 }
 
-/// A changelog partition a restore still reads: its task, its store, its end offset.
 /// A changelog partition a restore still reads: its end offset, and the task and
 /// store its records go to.
 #[derive(Debug)]

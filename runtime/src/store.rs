@@ -142,19 +142,8 @@ impl KeyValueStore {
     }
 
     /// Applies a changelog record during restore: not dirty, not journaled.
-    pub fn restore(&mut self, key: &str, value: Option<Vec<u8>>) {
-        match value {
-            Some(v) => {
-                self.data.insert(key.to_string(), v);
-            }
-            None => {
-                self.data.remove(key);
-            }
-        }
-    }
-
-    /// [`KeyValueStore::restore`] of an owned key (no copy of it is made).
-    pub fn restore_owned(&mut self, key: String, value: Option<Vec<u8>>) {
+    pub fn restore(&mut self, key: impl Into<String>, value: Option<Vec<u8>>) {
+        let key = key.into();
         match value {
             Some(v) => {
                 self.data.insert(key, v);

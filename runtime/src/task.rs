@@ -78,7 +78,7 @@ impl Task {
             .collect();
         for (store, key, value) in changelog {
             if let Some(s) = stores.get_mut(&*store) {
-                s.restore_owned(key, value);
+                s.restore(key, value);
             }
         }
         let timers = match node.timer_store.as_ref().and_then(|n| stores.get(n)) {
