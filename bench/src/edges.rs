@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::cluster::{Cluster, repo_root};
 use crate::jobs::Run;
 use crate::process::Measured;
-use crate::report::JobResult;
+use crate::report::{JobResult, round};
 
 /// What every edge job's node runs besides the edges: everything an order and a
 /// chat message pass through.
@@ -151,6 +151,8 @@ pub struct EdgeNode {
     pub base: String,
     /// From its start until its edges were ready (their tables read).
     pub startup: Duration,
+    /// The processing guarantee it runs with.
+    pub guarantee: String,
 }
 
 impl EdgeNode {
@@ -209,12 +211,29 @@ impl EdgeNode {
             process,
             base,
             startup,
+            guarantee: guarantee.to_string(),
         })
     }
 
     /// SIGTERM, then SIGKILL after 30 s; how it ended.
     pub fn stop(&mut self) -> String {
         self.process.stop(Duration::from_secs(30))
+    }
+
+    /// Stops the node after a job's work: `result` as it was, an error also saying
+    /// how the node ended.
+    pub fn stop_after<T>(&mut self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        let stopped = self.stop();
+        result.map_err(|e| anyhow!("{e:#} (the node then stopped: {stopped})"))
+    }
+
+    /// [`EdgeNode::stop_after`] for a job measured on this node alone: its result
+    /// gets the node's guarantee and start-up time.
+    pub fn finish(&mut self, result: anyhow::Result<JobResult>) -> anyhow::Result<JobResult> {
+        let mut result = self.stop_after(result)?;
+        result.guarantee = Some(self.guarantee.clone());
+        result.startup_s = Some(round(self.startup.as_secs_f64(), 3));
+        Ok(result)
     }
 
     /// Fails when the process has exited.

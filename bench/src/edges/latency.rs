@@ -162,8 +162,7 @@ async fn one_guarantee(
         anyhow::Ok((levels, node.process.peak_rss_mb(), node.startup))
     }
     .await;
-    let stopped = node.stop();
-    result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))
+    node.stop_after(result)
 }
 
 /// Offers `load` orders per second for `seconds` and waits until each is PAID.

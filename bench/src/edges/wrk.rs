@@ -342,12 +342,7 @@ pub async fn post_orders(run: &mut Run) -> anyhow::Result<JobResult> {
         ))
     }
     .await;
-    let stopped = node.stop();
-    let mut result =
-        result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))?;
-    result.guarantee = Some(EOS.to_string());
-    result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
-    Ok(result)
+    node.finish(result)
 }
 
 /// http_get_order: wrk reading [`GET_ORDERS`] PAID orders of one buyer in turn.
@@ -396,12 +391,7 @@ pub async fn get_order(run: &mut Run) -> anyhow::Result<JobResult> {
         ))
     }
     .await;
-    let stopped = node.stop();
-    let mut result =
-        result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))?;
-    result.guarantee = Some(EOS.to_string());
-    result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
-    Ok(result)
+    node.finish(result)
 }
 
 /// http_ceiling: the same wrk run on `GET /json` of a bare axum server on the

@@ -107,12 +107,7 @@ pub async fn run(run: &mut Run, name: &str, clients: usize) -> anyhow::Result<Jo
     })?)?;
     let mut node = EdgeNode::start(run, name, EOS).await?;
     let result = fanout(run, &mut node, &tokens, clients, messages).await;
-    let stopped = node.stop();
-    let mut result =
-        result.map_err(|e| anyhow::anyhow!("{e:#} (the node then stopped: {stopped})"))?;
-    result.guarantee = Some(EOS.to_string());
-    result.startup_s = Some(round(node.startup.as_secs_f64(), 3));
-    Ok(result)
+    node.finish(result)
 }
 
 /// Messages the uncounted warm-up pair sends each (a fresh broker's and node's
