@@ -831,8 +831,9 @@ impl StreamThread {
     }
 
     /// Every record of the changelog partitions of these tasks, up to their end, as
-    /// (store, key, value), one list per task in the order of `tasks`. One consumer reads them all at once: a restore
-    /// after a rebalance costs about one fetch round, not one per store.
+    /// (store, key, value), one list per task in the order of `tasks`. One consumer
+    /// reads them all at once: a restore after a rebalance costs about one fetch
+    /// round, not one per store.
     fn read_changelogs(
         &self,
         tasks: &[(Arc<ProcessorNode>, i32)],
