@@ -5,6 +5,11 @@
 //!   gateway's reason.
 //! - `RefundRequested` → the gateway's refund → `REFUNDED`.
 //!
+//! A result's record timestamp (and its `at`) is when the gateway answered, not the
+//! request's: the order saga takes its two inputs oldest first, so a `CancelOrder`
+//! written while the charge was under way comes before the charge's answer, on a
+//! replay under at_least_once as on the first run.
+//!
 //! Which gateway, and its settings, is the processor's `config:` block in
 //! topology.yaml (see [`crate::payment_gateway`]): `simulated` (deterministic rules) or
 //! `http` (a REST gateway).
@@ -170,14 +175,18 @@ fn answer_with(
     amount: i64,
     currency: &str,
 ) -> Result<(), ProcessError> {
+    // Stamped when the answer came, never before its request: the saga takes its
+    // inputs oldest first, and a cancel sent while the charge was under way must come
+    // before the charge's answer on a replay as it did the first time.
+    let at = ctx.wall_time().max(ctx.timestamp());
     let result = PaymentResult {
         payment_id: payment_id.to_string(),
         order_id: order_id.to_string(),
         outcome,
         reason,
-        at: ctx.wall_time(),
+        at,
         amount: Some(amount),
         currency: Some(currency.to_string()),
     };
-    ctx.forward(topics::PAYMENTS_RESULTS, order_id, &result)
+    ctx.forward_at(topics::PAYMENTS_RESULTS, order_id, &result, at)
 }

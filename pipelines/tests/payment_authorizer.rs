@@ -121,6 +121,45 @@ fn the_simulated_gateway_approves_declines_and_refunds() {
     assert_eq!(first.currency.as_deref(), Some("EUR"));
 }
 
+/// A result is stamped with the time the gateway answered (the driver's wall clock),
+/// never before its request: the saga takes its inputs oldest first, so a cancel
+/// written while the charge was under way must sort before the charge's answer.
+#[test]
+fn a_result_is_stamped_when_the_answer_came_never_before_its_request() {
+    let mut d = driver(&[]);
+    let now = d.wall_time();
+    d.pipe_at(
+        topics::PAYMENTS_REQUESTS,
+        "o1",
+        &charge("o1", "b1", 5_000),
+        now - 60_000,
+    )
+    .unwrap();
+    d.pipe_at(
+        topics::PAYMENTS_REQUESTS,
+        "o2",
+        &charge("o2", "b1", 5_000),
+        now + 60_000,
+    )
+    .unwrap();
+    let stamps: Vec<(String, i64, i64)> = d
+        .read_output::<PaymentResult>(topics::PAYMENTS_RESULTS)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let v = r.value.unwrap();
+            (v.order_id, r.timestamp, v.at)
+        })
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            ("o1".to_string(), now, now),
+            ("o2".to_string(), now + 60_000, now + 60_000)
+        ]
+    );
+}
+
 #[test]
 fn a_request_that_cannot_be_a_payment_is_a_dead_letter() {
     let server = GatewayServer::start();

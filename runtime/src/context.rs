@@ -292,6 +292,20 @@ impl<'a> Context<'a> {
         key: &str,
         value: &T,
     ) -> Result<(), ProcessError> {
+        self.forward_at(topic, key, value, self.timestamp)
+    }
+
+    /// Forwards a record stamped `timestamp` instead of the current timestamp: for an
+    /// output that tells of something that happened after its input (an answer from
+    /// outside, stamped when it came). Readers that take records oldest first then
+    /// take it after what was written before it happened, on a replay too.
+    pub fn forward_at<T: AvroRecord>(
+        &mut self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        timestamp: i64,
+    ) -> Result<(), ProcessError> {
         self.check_output(topic)?;
         let bytes = self
             .serde
@@ -301,7 +315,7 @@ impl<'a> Context<'a> {
             topic: topic.to_string(),
             key: key.to_string(),
             value: Some(bytes),
-            timestamp: self.timestamp,
+            timestamp,
             headers: Vec::new(),
         });
         Ok(())
