@@ -141,7 +141,7 @@ enum Command {
         #[arg(long)]
         max: Option<usize>,
     },
-    /// Validate or describe topology.yaml.
+    /// Validate or describe topology.yaml, or plan and apply deploying it.
     Topology {
         #[command(subcommand)]
         command: TopologyCommand,
@@ -196,6 +196,49 @@ enum TopologyCommand {
         #[arg(long, default_value = "text")]
         format: Format,
     },
+    /// Show what deploying the file would change on the cluster and the schema
+    /// registry (topics, partition counts, cleanup policies, value schemas, the
+    /// stores' changelogs) and whether it is safe: exit 0 when it is, 1 when an item
+    /// is unsafe (or the file has errors), 2 when the cluster or registry could not
+    /// be read. Changes nothing.
+    Plan {
+        #[command(flatten)]
+        on: DeployArgs,
+        /// text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// Make the plan's changes (create topics, set cleanup policies, register
+    /// schemas) when every one is safe; deletes nothing. Exit 0 when applied, 1 when
+    /// refused (an unsafe item, a file with errors: nothing is changed), 2 when the
+    /// cluster or registry failed.
+    Apply {
+        #[command(flatten)]
+        on: DeployArgs,
+    },
+}
+
+/// Where `topology plan|apply` deploy to.
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// The topology file.
+    #[arg(
+        long,
+        short,
+        default_value = "topology.yaml",
+        env = "ORDERFLOW_TOPOLOGY"
+    )]
+    file: PathBuf,
+    /// The Kafka cluster.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: String,
+    /// The schema registry (Confluent-compatible).
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    registry: String,
+    /// A librdkafka property for the Kafka clients, KEY=VALUE (repeat, or
+    /// comma-separate in the env).
+    #[arg(long = "kafka-config", env = "ORDERFLOW_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_property)]
+    kafka_config: Vec<(String, String)>,
 }
 
 fn main() -> ExitCode {
@@ -262,19 +305,16 @@ fn main() -> ExitCode {
 
 fn topology_command(command: TopologyCommand) -> ExitCode {
     let catalog = orderflow_pipelines::catalog();
-    let (file, format) = match &command {
+    let (file, format) = match command {
         TopologyCommand::Check { file } => (file, None),
-        TopologyCommand::Describe { file, format } => (file, Some(*format)),
+        TopologyCommand::Describe { file, format } => (file, Some(format)),
+        TopologyCommand::Plan { on, format } => return deploy_command(on, Some(format)),
+        TopologyCommand::Apply { on } => return deploy_command(on, None),
     };
+    let file = &file;
     match topology::load(file, &catalog) {
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error{}",
-                file.display(),
-                errors.0.len(),
-                if errors.0.len() == 1 { "" } else { "s" }
-            );
+            report_topology_errors(file, &errors);
             ExitCode::FAILURE
         }
         Ok(topology) => {
@@ -295,6 +335,87 @@ fn topology_command(command: TopologyCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn report_topology_errors(file: &std::path::Path, errors: &topology::TopologyErrors) {
+    eprintln!("{errors}");
+    eprintln!(
+        "{}: {} error{}",
+        file.display(),
+        errors.0.len(),
+        if errors.0.len() == 1 { "" } else { "s" }
+    );
+}
+
+/// `topology plan` (with its output format) or `topology apply` (`format` None).
+fn deploy_command(on: DeployArgs, format: Option<String>) -> ExitCode {
+    use orderflow_runtime::deploy;
+    let name = if format.is_some() { "plan" } else { "apply" };
+    let topology = match topology::load(&on.file, &orderflow_pipelines::catalog()) {
+        Ok(topology) => topology,
+        Err(errors) => {
+            report_topology_errors(&on.file, &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow topology {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = orderflow_runtime::engine::EngineConfig::new(on.brokers.clone());
+    config.client_overrides = on.kafka_config.iter().cloned().collect();
+    let outcome = runtime.block_on(async {
+        let registry = orderflow_runtime::registry::RegistryClient::remote(&on.registry)
+            .map_err(|e| format!("schema registry {}: {e}", on.registry))?;
+        let plan = deploy::plan(&topology, &config, &registry)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = std::io::stdout().lock();
+        let write = |out: &mut std::io::StdoutLock<'_>, text: &str| {
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("writing the plan: {e}"))
+        };
+        match format.as_deref() {
+            Some("json") => {
+                let json = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
+                write(&mut out, &format!("{json}\n"))?;
+                return Ok(if plan.safe { 0 } else { 1 });
+            }
+            Some(_) => {
+                write(&mut out, &plan.text())?;
+                return Ok(if plan.safe { 0 } else { 1 });
+            }
+            None => write(&mut out, &plan.text())?,
+        }
+        match deploy::apply(&plan, &topology, &config, &registry).await {
+            Ok(done) => {
+                let mut text: String = done.iter().map(|line| format!("{line}\n")).collect();
+                text.push_str(&format!(
+                    "applied: {} change{}\n",
+                    done.len(),
+                    if done.len() == 1 { "" } else { "s" }
+                ));
+                write(&mut out, &text)?;
+                Ok(0)
+            }
+            Err(e @ deploy::DeployError::Unsafe(_)) => {
+                eprintln!("orderflow topology apply: {e}");
+                Ok(1)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
+            eprintln!("orderflow topology {name}: {message}");
+            ExitCode::from(2)
         }
     }
 }

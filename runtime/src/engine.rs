@@ -254,7 +254,7 @@ fn consumer_config(config: &EngineConfig) -> ClientConfig {
     c
 }
 
-fn client_config(config: &EngineConfig) -> ClientConfig {
+pub(crate) fn client_config(config: &EngineConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap);
     c.set("log_level", "4");

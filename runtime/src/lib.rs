@@ -11,6 +11,8 @@
 //!   registry client with its in-process cache.
 //! - [`topology`]: `topology.yaml`, loaded in two stages (serde, then a compile step
 //!   that collects every error with file:line:column), and its description.
+//! - [`deploy`]: `orderflow topology plan|apply`: what deploying topology.yaml would
+//!   change on a cluster and registry, whether it is safe, and applying it.
 //! - [`processor`]: the [`processor::Processor`] trait, records, errors and the
 //!   [`processor::Catalog`] of processor kinds.
 //! - [`context`]: what a processor sees while it runs: stores, outputs, global tables,
@@ -37,6 +39,7 @@ pub mod avro;
 pub mod broker;
 pub mod context;
 pub mod dead_letter;
+pub mod deploy;
 pub mod driver;
 pub mod engine;
 pub mod json;

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::schema_registry::{
-    SrSettings, get_referenced_schema, get_schema_by_id, is_compatible_schema, post_schema,
+    SrSettings, get_all_versions, get_referenced_schema, get_schema_by_id,
+    get_schema_by_subject_and_version, is_compatible_schema, post_schema,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
@@ -25,7 +26,7 @@ use tokio::sync::OnceCell;
 
 use super::error::RegistryError;
 use super::log::SchemaLog;
-use super::store::{NewSchema, SchemaStore, normalize_text, parse_avro};
+use super::store::{NewSchema, SchemaStore, VersionSpec, normalize_text, parse_avro};
 
 /// A schema the registry knows, parsed.
 #[derive(Debug, Clone)]
@@ -189,6 +190,67 @@ impl RegistryClient {
         }
     }
 
+    /// The live versions of `subject`, oldest first, each with its schema; empty
+    /// for a subject the registry does not know. Not cached.
+    pub async fn versions(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(u32, RegisteredSchema)>, RegistryError> {
+        match &self.backend {
+            Backend::Embedded(store, _) => {
+                let numbers = match store.versions(subject, false) {
+                    Ok(numbers) => numbers,
+                    Err(RegistryError::SubjectNotFound(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e),
+                };
+                let mut versions = Vec::with_capacity(numbers.len());
+                for number in numbers {
+                    let found = store.version(subject, VersionSpec::Number(number), false)?;
+                    versions.push((
+                        number,
+                        RegisteredSchema {
+                            id: found.schema.id,
+                            schema: found.schema.schema.clone(),
+                            text: found.schema.text.clone(),
+                        },
+                    ));
+                }
+                Ok(versions)
+            }
+            Backend::Remote(settings) => {
+                let numbers = match get_all_versions(settings, subject.to_string()).await {
+                    Ok(numbers) => numbers,
+                    Err(e) => match remote_error(e, Call::Subject(subject)) {
+                        RegistryError::SubjectNotFound(_) => return Ok(Vec::new()),
+                        e => return Err(e),
+                    },
+                };
+                let mut versions = Vec::with_capacity(numbers.len());
+                for number in numbers {
+                    let found = get_schema_by_subject_and_version(settings, subject, Some(number))
+                        .await
+                        .map_err(|e| remote_error(e, Call::Subject(subject)))?;
+                    if found.schema_type != SchemaType::Avro {
+                        return Err(RegistryError::UnsupportedSchemaType(schema_type_name(
+                            &found.schema_type,
+                        )));
+                    }
+                    let referenced = fetch_references(settings, &found.references).await?;
+                    let schema = parse_avro(&found.schema, &referenced)?;
+                    versions.push((
+                        number,
+                        RegisteredSchema {
+                            id: found.id,
+                            schema,
+                            text: found.schema,
+                        },
+                    ));
+                }
+                Ok(versions)
+            }
+        }
+    }
+
     fn cell(&self, id: u32) -> Arc<OnceCell<Arc<RegisteredSchema>>> {
         lock(&self.by_id).entry(id).or_default().clone()
     }
@@ -260,6 +322,7 @@ fn schema_type_name(schema_type: &SchemaType) -> String {
 #[derive(Debug, Clone, Copy)]
 enum Call<'a> {
     Register(&'a str),
+    Subject(&'a str),
     Compatibility(&'a str),
     SchemaById(u32),
     Reference(&'a str),
@@ -271,7 +334,9 @@ fn remote_error(error: SRCError, call: Call<'_>) -> RegistryError {
     let raw =
         std::error::Error::source(&error).and_then(|source| source.downcast_ref::<RawError>());
     let subject = match call {
-        Call::Register(s) | Call::Compatibility(s) | Call::Reference(s) => s.to_string(),
+        Call::Register(s) | Call::Subject(s) | Call::Compatibility(s) | Call::Reference(s) => {
+            s.to_string()
+        }
         Call::SchemaById(_) => String::new(),
     };
     match (raw.map(|r| (r.error_code, r.message.clone())), call) {
@@ -281,9 +346,10 @@ fn remote_error(error: SRCError, call: Call<'_>) -> RegistryError {
         },
         (Some((42201, message)), _) => RegistryError::InvalidSchema(message),
         (Some((40403, _)), Call::SchemaById(id)) => RegistryError::SchemaIdNotFound(id),
-        (Some((40401, _)), Call::Register(_) | Call::Compatibility(_) | Call::Reference(_)) => {
-            RegistryError::SubjectNotFound(subject)
-        }
+        (
+            Some((40401, _)),
+            Call::Register(_) | Call::Subject(_) | Call::Compatibility(_) | Call::Reference(_),
+        ) => RegistryError::SubjectNotFound(subject),
         (Some((code, message)), _) if code != 0 => RegistryError::Remote {
             error_code: Some(code),
             message: format!("{}: {message}", error.error),
