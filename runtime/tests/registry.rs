@@ -634,6 +634,15 @@ async fn remote_client_caches_schema_ids() -> Result<()> {
         registry.store.versions("payments.results-value", false),
         Ok(vec![1])
     );
+    // A subject's versions with their schemas; none for an unknown subject.
+    let versions = writer.versions("payments.results-value").await?;
+    assert_eq!(versions.len(), 1);
+    assert_eq!((versions[0].0, versions[0].1.id), (1, 1));
+    assert!(matches!(
+        versions[0].1.schema,
+        apache_avro::Schema::Record(_)
+    ));
+    assert!(writer.versions("no-such-subject").await?.is_empty());
 
     // With the server gone, cached ids still resolve and others fail as retriable.
     registry.stop().await?;
@@ -691,6 +700,17 @@ async fn embedded_client_behaves_the_same() -> Result<()> {
     .await?;
     let primitive = client.schema_by_id(3).await?;
     assert!(matches!(primitive.schema, apache_avro::Schema::String));
+    let versions: Vec<(u32, u32, String)> = client
+        .versions("chat.messages-value")
+        .await?
+        .into_iter()
+        .map(|(version, schema)| (version, schema.id, schema.text))
+        .collect();
+    assert_eq!(
+        versions,
+        [(1, 1, USER_V1.to_string()), (2, 2, USER_V2.to_string())]
+    );
+    assert!(client.versions("no-such-subject").await?.is_empty());
     Ok(())
 }
 
