@@ -34,21 +34,30 @@ pub async fn engine(
     let registry = Arc::new(RegistryClient::remote(registry)?);
     let mut config = EngineConfig::new(bootstrap);
     config.processors = processors;
-    // Extra librdkafka settings for an experiment or a profile, `key=value,...`.
-    if let Ok(extra) = std::env::var("ORDERFLOW_BENCH_KAFKA") {
-        for pair in extra.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| anyhow!("ORDERFLOW_BENCH_KAFKA: {pair:?} is not key=value"))?;
-            config.client_overrides.insert(k.to_string(), v.to_string());
-        }
-    }
+    config.client_overrides.extend(bench_kafka_overrides()?);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     engine::run(topology, catalog, registry, config, async move {
         term.recv().await;
     })
     .await?;
     Ok(())
+}
+
+/// Extra librdkafka settings for an experiment or a profile of the measured
+/// processes, `ORDERFLOW_BENCH_KAFKA=key=value,...`.
+pub fn bench_kafka_overrides() -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(extra) = std::env::var("ORDERFLOW_BENCH_KAFKA") else {
+        return Ok(Vec::new());
+    };
+    extra
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("ORDERFLOW_BENCH_KAFKA: {pair:?} is not key=value"))
+        })
+        .collect()
 }
 
 /// B0: copies every record of `from` to `to` (same key and value bytes) in a

@@ -49,7 +49,7 @@ pub async fn node(
     announce(NODE_ANNOUNCE, listener.local_addr()?)?;
     let config = NodeConfig {
         bootstrap: bootstrap.to_string(),
-        kafka_overrides: Vec::new(),
+        kafka_overrides: crate::roles::bench_kafka_overrides()?,
         consumer_overrides: Vec::new(),
         topology,
         catalog,
