@@ -465,6 +465,9 @@ struct StreamThread {
     /// (processor, partition), per input topic; restored from the marks in its
     /// changelogs, written there at every commit.
     applied: BTreeMap<(String, i32), BTreeMap<String, i64>>,
+    /// at_least_once: the tasks whose `applied` moved since the last commit (only
+    /// their changelogs need a new mark).
+    marks_due: BTreeSet<(String, i32)>,
     in_txn: bool,
     last_commit: Instant,
     commit_interval: Duration,
@@ -603,6 +606,7 @@ impl StreamThread {
             assigned: BTreeSet::new(),
             offsets: BTreeMap::new(),
             applied: BTreeMap::new(),
+            marks_due: BTreeSet::new(),
             in_txn: false,
             last_commit: Instant::now(),
             commit_interval,
@@ -729,6 +733,7 @@ impl StreamThread {
                     self.tasks.clear();
                     self.assigned.clear();
                     self.applied.clear();
+                    self.marks_due.clear();
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(partitions = partitions.len(), "partitions assigned");
@@ -1267,6 +1272,19 @@ impl StreamThread {
                 .entry(key.clone())
                 .or_default()
                 .insert(input.topic.clone(), input.offset + 1);
+            if !self.marks_due.contains(key) {
+                self.marks_due.insert(key.clone());
+            }
+        }
+    }
+
+    /// at_least_once: the task wrote to its changelogs, so they need a new mark at
+    /// the next commit (even when no input moved, as after a timer).
+    fn mark_due(&mut self, processor: &str, partition: i32) {
+        if self.guarantee == Guarantee::AtLeastOnce
+            && !self.marks_due.contains(&(processor.to_string(), partition))
+        {
+            self.marks_due.insert((processor.to_string(), partition));
         }
     }
 
@@ -1438,6 +1456,9 @@ impl StreamThread {
         if outputs.is_empty() && changelog.is_empty() {
             return Ok(());
         }
+        if !changelog.is_empty() {
+            self.mark_due(processor, partition);
+        }
         self.begin()?;
         if !outputs.is_empty() {
             *self
@@ -1599,7 +1620,11 @@ impl StreamThread {
         let Some(task) = self.tasks.get_mut(&(processor.to_string(), partition)) else {
             return Ok(());
         };
-        for record in task.take_changelog() {
+        let changelog = task.take_changelog();
+        if !changelog.is_empty() {
+            self.mark_due(processor, partition);
+        }
+        for record in changelog {
             let base = BaseRecord::to(&record.topic)
                 .key(&record.key)
                 .partition(partition);
@@ -1816,8 +1841,13 @@ impl StreamThread {
     /// covers, so a record's effects are applied once even when it is read twice.
     fn write_marks(&mut self) -> Result<(), EngineError> {
         let mut sent = false;
+        let due = std::mem::take(&mut self.marks_due);
         for ((processor, partition), task) in &self.tasks {
-            let Some(marks) = self.applied.get(&(processor.clone(), *partition)) else {
+            let key = (processor.clone(), *partition);
+            if !due.contains(&key) {
+                continue;
+            }
+            let Some(marks) = self.applied.get(&key) else {
                 continue;
             };
             if marks.is_empty() {
