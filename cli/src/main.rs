@@ -239,6 +239,11 @@ struct DeployArgs {
     /// comma-separate in the env).
     #[arg(long = "kafka-config", env = "ORDERFLOW_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_property)]
     kafka_config: Vec<(String, String)>,
+    /// Accept an unsafe item, named as the plan prints its target (e.g. `--allow
+    /// 'store chat-history'` for a new store that is to start empty): it becomes a
+    /// note and apply leaves it as it is. Repeat for each.
+    #[arg(long = "allow", value_name = "TARGET")]
+    allow: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -372,9 +377,13 @@ fn deploy_command(on: DeployArgs, format: Option<String>) -> ExitCode {
     let outcome = runtime.block_on(async {
         let registry = orderflow_runtime::registry::RegistryClient::remote(&on.registry)
             .map_err(|e| format!("schema registry {}: {e}", on.registry))?;
-        let plan = deploy::plan(&topology, &config, &registry)
+        let mut plan = deploy::plan(&topology, &config, &registry)
             .await
             .map_err(|e| e.to_string())?;
+        if let Err(e) = plan.accept(&on.allow) {
+            eprintln!("orderflow topology {name}: {e}");
+            return Ok(1);
+        }
         let mut out = std::io::stdout().lock();
         let write = |out: &mut std::io::StdoutLock<'_>, text: &str| {
             out.write_all(text.as_bytes())

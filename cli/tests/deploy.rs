@@ -4,7 +4,8 @@
 //! topology.yaml with unsafe changes (a partition count, compact -> delete, an
 //! incompatible schema) is refused whole while its safe ones are listed; the safe
 //! ones alone are applied, keeping a topic's other settings; and a store whose
-//! changelog is gone while its processor's group has moved on is unsafe.
+//! changelog is gone while its processor's group has moved on is unsafe, until the
+//! operator accepts it by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -413,6 +414,28 @@ async fn a_redeploy_is_planned_applied_and_refused_when_unsafe() {
         !cluster.topics().contains_key(&lost),
         "a refused plan creates nothing"
     );
+    // A name that is not an unsafe item is refused, not taken as a decision.
+    let (out, _, stderr) = cluster.orderflow(
+        &["plan", "--allow", "store users-by-mail"],
+        Some(&safe_file),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("names no unsafe item"), "{stderr}");
+    // The operator accepts that the store starts empty: the rest is applied.
+    let (out, stdout, stderr) = cluster.orderflow(
+        &["apply", "--allow", "store users-by-email"],
+        Some(&safe_file),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("- store users-by-email: accepted (--allow): its changelog"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("created topic {lost}")),
+        "{stdout}"
+    );
+    assert!(cluster.topics().contains_key(&lost));
 
     // A cluster that cannot be reached is exit 2, with the reason.
     let unreachable = Cluster {

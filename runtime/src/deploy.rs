@@ -17,7 +17,8 @@
 //! - changelog and dead-letter topics of the app that no store or processor declares
 //!   any more: kept, and noted.
 //!
-//! Nothing is ever deleted, and [`apply`] refuses a plan with an unsafe item whole.
+//! Nothing is ever deleted, and [`apply`] refuses a plan with an unsafe item whole,
+//! unless the operator accepts that item by name ([`Plan::accept`], `--allow`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -120,6 +121,31 @@ impl Plan {
         self.items.iter().filter(move |i| i.kind == kind)
     }
 
+    /// Accepts the unsafe items about `targets` (as printed: `store orders`, `topic
+    /// chat.messages`): they become notes, so [`apply`] goes ahead with the rest and
+    /// leaves them as they are. For what the operator has decided, such as a new store
+    /// on a running processor that is to start empty. A target that names no unsafe
+    /// item is an error (a typo must not pass for a decision).
+    pub fn accept(&mut self, targets: &[String]) -> Result<(), DeployError> {
+        for target in targets {
+            let mut found = false;
+            for item in self
+                .items
+                .iter_mut()
+                .filter(|i| i.kind == Kind::Unsafe && &i.target == target)
+            {
+                item.kind = Kind::Note;
+                item.detail = format!("accepted (--allow): {}", item.detail);
+                found = true;
+            }
+            if !found {
+                return Err(DeployError::NotUnsafe(target.clone()));
+            }
+        }
+        self.safe = self.items.iter().all(|i| i.kind != Kind::Unsafe);
+        Ok(())
+    }
+
     /// The items [`apply`] would carry out.
     pub fn changes(&self) -> usize {
         self.items.iter().filter(|i| i.action.is_some()).count()
@@ -147,7 +173,7 @@ impl Plan {
         let unsafe_items = self.of(Kind::Unsafe).count();
         out.push_str(&if unsafe_items > 0 {
             format!(
-                "plan: {changes} change{}, {unsafe_items} unsafe (marked !): apply refuses it\n",
+                "plan: {changes} change{}, {unsafe_items} unsafe (marked !): apply refuses it (unless each is accepted with --allow '<target>')\n",
                 plural(changes)
             )
         } else if changes == 0 {
@@ -191,6 +217,11 @@ pub enum DeployError {
     /// Creating the topics failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// `--allow` named something that is not an unsafe item of the plan.
+    #[error(
+        "--allow {0:?} names no unsafe item of the plan (targets are written as the plan prints them, e.g. \"store orders\")"
+    )]
+    NotUnsafe(String),
     /// The plan has unsafe items: nothing was applied.
     #[error("the plan has {0} unsafe item(s) (marked !): nothing was applied")]
     Unsafe(usize),
