@@ -1754,7 +1754,16 @@ impl StreamThread {
                         ));
                     }
                 }
-                .and_then(|()| self.producer.commit_transaction(Duration::from_secs(60)));
+                .and_then(|()| {
+                    // rust-rdkafka's commit_transaction flushes first, and that flush
+                    // sleeps a whole 100 ms whenever a message is still unacknowledged
+                    // (it polls the delivery queue, which the threaded producer's own
+                    // poller empties, until its deadline): wait for the
+                    // acknowledgements here, so it finds nothing to flush.
+                    wait_for_deliveries(&self.producer, Duration::from_secs(60))
+                        .map_err(|_| KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut))?;
+                    self.producer.commit_transaction(Duration::from_secs(60))
+                });
                 if let Err(e) = result {
                     if is_fenced(&e)
                         && self
