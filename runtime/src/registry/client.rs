@@ -20,13 +20,13 @@ use schema_registry_converter::async_impl::schema_registry::{
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
-    RawError, RegisteredReference, SchemaType, SuppliedSchema,
+    RawError, RegisteredReference, RegisteredSchema as FoundSchema, SchemaType, SuppliedSchema,
 };
 use tokio::sync::OnceCell;
 
 use super::error::RegistryError;
 use super::log::SchemaLog;
-use super::store::{NewSchema, SchemaStore, VersionSpec, normalize_text, parse_avro};
+use super::store::{NewSchema, SchemaStore, StoredSchema, VersionSpec, normalize_text, parse_avro};
 
 /// A schema the registry knows, parsed.
 #[derive(Debug, Clone)]
@@ -125,12 +125,7 @@ impl RegistryClient {
                 if let Some(log) = log {
                     log.persisted().await?;
                 }
-                let stored = store.schema_by_id(registration.id)?;
-                RegisteredSchema {
-                    id: registration.id,
-                    schema: stored.schema.clone(),
-                    text: stored.text.clone(),
-                }
+                RegisteredSchema::from(&*store.schema_by_id(registration.id)?)
             }
             Backend::Remote(settings) => {
                 let text = normalize_text(schema);
@@ -206,14 +201,7 @@ impl RegistryClient {
                 let mut versions = Vec::with_capacity(numbers.len());
                 for number in numbers {
                     let found = store.version(subject, VersionSpec::Number(number), false)?;
-                    versions.push((
-                        number,
-                        RegisteredSchema {
-                            id: found.schema.id,
-                            schema: found.schema.schema.clone(),
-                            text: found.schema.text.clone(),
-                        },
-                    ));
+                    versions.push((number, RegisteredSchema::from(&*found.schema)));
                 }
                 Ok(versions)
             }
@@ -230,21 +218,7 @@ impl RegistryClient {
                     let found = get_schema_by_subject_and_version(settings, subject, Some(number))
                         .await
                         .map_err(|e| remote_error(e, Call::Subject(subject)))?;
-                    if found.schema_type != SchemaType::Avro {
-                        return Err(RegistryError::UnsupportedSchemaType(schema_type_name(
-                            &found.schema_type,
-                        )));
-                    }
-                    let referenced = fetch_references(settings, &found.references).await?;
-                    let schema = parse_avro(&found.schema, &referenced)?;
-                    versions.push((
-                        number,
-                        RegisteredSchema {
-                            id: found.id,
-                            schema,
-                            text: found.schema,
-                        },
-                    ));
+                    versions.push((number, parse_found(settings, found).await?));
                 }
                 Ok(versions)
             }
@@ -258,33 +232,47 @@ impl RegistryClient {
     async fn fetch(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError> {
         match &self.backend {
             Backend::Embedded(store, _) => {
-                let stored = store.schema_by_id(id)?;
-                Ok(Arc::new(RegisteredSchema {
-                    id,
-                    schema: stored.schema.clone(),
-                    text: stored.text.clone(),
-                }))
+                Ok(Arc::new(RegisteredSchema::from(&*store.schema_by_id(id)?)))
             }
             Backend::Remote(settings) => {
                 let found = get_schema_by_id(id, settings)
                     .await
                     .map_err(|e| remote_error(e, Call::SchemaById(id)))?;
-                if found.schema_type != SchemaType::Avro {
-                    return Err(RegistryError::UnsupportedSchemaType(schema_type_name(
-                        &found.schema_type,
-                    )));
-                }
-                let referenced = fetch_references(settings, &found.references).await?;
-                let schema = parse_avro(&found.schema, &referenced)?;
+                let parsed = parse_found(settings, found).await?;
                 tracing::debug!(id, "schema fetched from the registry");
-                Ok(Arc::new(RegisteredSchema {
-                    id,
-                    schema,
-                    text: found.schema,
-                }))
+                Ok(Arc::new(RegisteredSchema { id, ..parsed }))
             }
         }
     }
+}
+
+impl From<&StoredSchema> for RegisteredSchema {
+    fn from(stored: &StoredSchema) -> Self {
+        RegisteredSchema {
+            id: stored.id,
+            schema: stored.schema.clone(),
+            text: stored.text.clone(),
+        }
+    }
+}
+
+/// A schema as a remote registry answered it, parsed with its references (Avro only).
+async fn parse_found(
+    settings: &SrSettings,
+    found: FoundSchema,
+) -> Result<RegisteredSchema, RegistryError> {
+    if found.schema_type != SchemaType::Avro {
+        return Err(RegistryError::UnsupportedSchemaType(schema_type_name(
+            &found.schema_type,
+        )));
+    }
+    let referenced = fetch_references(settings, &found.references).await?;
+    let schema = parse_avro(&found.schema, &referenced)?;
+    Ok(RegisteredSchema {
+        id: found.id,
+        schema,
+        text: found.schema,
+    })
 }
 
 /// The texts of the schemas `references` name, and of those they reference in turn.
