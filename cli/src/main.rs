@@ -161,6 +161,13 @@ struct TopicArgs {
         env = "ORDERFLOW_TOPOLOGY"
     )]
     file: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// The Kafka cluster and schema registry a command talks to.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
     /// The Kafka cluster.
     #[arg(long, env = "KAFKA_BROKERS")]
     brokers: String,
@@ -229,12 +236,8 @@ struct DeployArgs {
         env = "ORDERFLOW_TOPOLOGY"
     )]
     file: PathBuf,
-    /// The Kafka cluster.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    brokers: String,
-    /// The schema registry (Confluent-compatible).
-    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
-    registry: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// A librdkafka property for the Kafka clients, KEY=VALUE (repeat, or
     /// comma-separate in the env).
     #[arg(long = "kafka-config", env = "ORDERFLOW_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_property)]
@@ -372,11 +375,11 @@ fn deploy_command(on: DeployArgs, format: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut config = orderflow_runtime::engine::EngineConfig::new(on.brokers.clone());
+    let mut config = orderflow_runtime::engine::EngineConfig::new(on.cluster.brokers.clone());
     config.client_overrides = on.kafka_config.iter().cloned().collect();
     let outcome = runtime.block_on(async {
-        let registry = orderflow_runtime::registry::RegistryClient::remote(&on.registry)
-            .map_err(|e| format!("schema registry {}: {e}", on.registry))?;
+        let registry = orderflow_runtime::registry::RegistryClient::remote(&on.cluster.registry)
+            .map_err(|e| format!("schema registry {}: {e}", on.cluster.registry))?;
         let mut plan = deploy::plan(&topology, &config, &registry)
             .await
             .map_err(|e| e.to_string())?;
@@ -878,8 +881,7 @@ async fn produce_command(on: TopicArgs) -> anyhow::Result<ExitCode> {
     let TopicArgs {
         topic,
         file,
-        brokers,
-        registry,
+        cluster: ClusterArgs { brokers, registry },
     } = on;
     use std::io::BufRead as _;
     let (_registry, serde, schema) = topic_io(&topic, &file, &registry).await?;
@@ -983,8 +985,7 @@ async fn consume_command(
     let TopicArgs {
         topic,
         file,
-        brokers,
-        registry,
+        cluster: ClusterArgs { brokers, registry },
     } = on;
     let (registry, serde, schema) = topic_io(&topic, &file, &registry).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<RawRecord>>();
