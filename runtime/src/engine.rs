@@ -1281,9 +1281,7 @@ impl StreamThread {
     /// at_least_once: the task wrote to its changelogs, so they need a new mark at
     /// the next commit (even when no input moved, as after a timer).
     fn mark_due(&mut self, processor: &str, partition: i32) {
-        if self.guarantee == Guarantee::AtLeastOnce
-            && !self.marks_due.contains(&(processor.to_string(), partition))
-        {
+        if self.guarantee == Guarantee::AtLeastOnce {
             self.marks_due.insert((processor.to_string(), partition));
         }
     }
