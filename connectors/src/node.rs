@@ -7,24 +7,28 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use orderflow_pipelines::records::{OrderEvent, topics};
+#[cfg(feature = "sql")]
+use orderflow_pipelines::records::OrderEvent;
+#[cfg(feature = "redis")]
+use orderflow_pipelines::records::topics;
 use orderflow_runtime::engine::{self, EngineConfig, EngineError};
 use orderflow_runtime::metrics::Metrics;
 use orderflow_runtime::processor::Catalog;
 use orderflow_runtime::registry::RegistryClient;
-use orderflow_runtime::sink::{
-    SinkConfig, SinkError, SinkRecord, SinkWriter, WriteError, WriteFuture, run_sink,
-};
+use orderflow_runtime::sink::{SinkConfig, SinkError, SinkWriter, run_sink};
+#[cfg(any(feature = "sql", feature = "redis"))]
+use orderflow_runtime::sink::{SinkRecord, WriteError, WriteFuture};
 use orderflow_runtime::topology::{EdgeKind, SinkKind, Topology};
 use orderflow_runtime::wire::{RegisterError, TopicSerde};
 use tokio::sync::watch;
 
 use crate::auth::token::Tokens;
 use crate::chat::{ChatSettings, ChatState};
-use crate::directory::{
-    Directory, DirectoryError, DirectoryRecord, DirectoryUpdate, DirectoryWriter, RedisDirectory,
-};
+use crate::directory::{Directory, DirectoryError};
+#[cfg(feature = "redis")]
+use crate::directory::{DirectoryRecord, DirectoryUpdate, DirectoryWriter, RedisDirectory};
 use crate::http::{HttpSettings, HttpState};
+#[cfg(feature = "sql")]
 use crate::sql_sink::{OrdersSql, SqlSinkError};
 use crate::streams::{EdgeStreams, StreamsConfig, StreamsError};
 
@@ -91,6 +95,7 @@ pub enum NodeError {
     #[error("{0}")]
     Sink(Box<SinkError>),
     /// A SQL sink's database could not be opened.
+    #[cfg(feature = "sql")]
     #[error("sink {sink}: {error}")]
     Sql {
         /// The sink.
@@ -191,24 +196,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .sinks
             .get(&name)
             .ok_or_else(|| NodeError::Config(format!("no sink {name:?} in topology.yaml")))?;
-        let writer: Box<dyn SinkWriter> = match sink.kind {
-            SinkKind::Sql => Box::new(OrdersSqlWriter {
-                sql: OrdersSql::connect(&target)
-                    .await
-                    .map_err(|error| NodeError::Sql {
-                        sink: name.clone(),
-                        error,
-                    })?,
-            }),
-            SinkKind::Redis => Box::new(CacheWriter {
-                directory: RedisDirectory::connect(&target).await.map_err(|error| {
-                    NodeError::Redis {
-                        what: format!("sink {name}"),
-                        error,
-                    }
-                })?,
-            }),
-        };
+        let writer = sink_writer(&name, sink.kind, &target).await?;
         let mut sink_config =
             SinkConfig::new(&bootstrap, &topology.app, &name, sink.inputs.clone());
         sink_config.overrides = kafka_overrides.clone();
@@ -237,13 +225,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let tokens = tokens.ok_or_else(|| {
             NodeError::Config("the edges need JWT settings (JWT_SECRET, or a key pair)".into())
         })?;
-        let directory: Option<Arc<dyn Directory>> = match &redis_url {
-            Some(url) => Some(Arc::new(RedisDirectory::connect(url).await.map_err(
-                |error| NodeError::Redis {
-                    what: "the edges' user directory".into(),
-                    error,
-                },
-            )?)),
+        let directory = match &redis_url {
+            Some(url) => Some(redis_directory(url).await?),
             None => None,
         };
         let streams = EdgeStreams::start(&StreamsConfig {
@@ -327,12 +310,73 @@ fn part_result(
     }
 }
 
+/// The writer of a sink of `kind` writing to `target`.
+async fn sink_writer(
+    name: &str,
+    kind: SinkKind,
+    target: &str,
+) -> Result<Box<dyn SinkWriter>, NodeError> {
+    match kind {
+        #[cfg(feature = "sql")]
+        SinkKind::Sql => Ok(Box::new(OrdersSqlWriter {
+            sql: OrdersSql::connect(target)
+                .await
+                .map_err(|error| NodeError::Sql {
+                    sink: name.to_string(),
+                    error,
+                })?,
+        })),
+        #[cfg(feature = "redis")]
+        SinkKind::Redis => Ok(Box::new(CacheWriter {
+            directory: RedisDirectory::connect(target)
+                .await
+                .map_err(|error| NodeError::Redis {
+                    what: format!("sink {name}"),
+                    error,
+                })?,
+        })),
+        // Reached only in a build without one of the features.
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = target;
+            let feature = match other {
+                SinkKind::Sql => "sql",
+                SinkKind::Redis => "redis",
+            };
+            Err(NodeError::Config(format!(
+                "sink {name}: this build has no {feature} sink (orderflow-connectors was built without its `{feature}` feature)"
+            )))
+        }
+    }
+}
+
+/// The edges' user directory in the Redis at `url`.
+async fn redis_directory(url: &str) -> Result<Arc<dyn Directory>, NodeError> {
+    #[cfg(feature = "redis")]
+    {
+        Ok(Arc::new(RedisDirectory::connect(url).await.map_err(
+            |error| NodeError::Redis {
+                what: "the edges' user directory".into(),
+                error,
+            },
+        )?))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        Err(NodeError::Config(format!(
+            "the edges' user directory at {url}: this build has no Redis client (orderflow-connectors was built without its `redis` feature)"
+        )))
+    }
+}
+
 /// The `orders-sql` sink: each batch of `orders.events` upserted by order id and
 /// version in one transaction.
+#[cfg(feature = "sql")]
 struct OrdersSqlWriter {
     sql: OrdersSql,
 }
 
+#[cfg(feature = "sql")]
 impl SinkWriter for OrdersSqlWriter {
     fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> WriteFuture<'a> {
         Box::pin(async move {
@@ -353,10 +397,12 @@ impl SinkWriter for OrdersSqlWriter {
 }
 
 /// The `cache` sink: `auth.users` and `auth.relations` into the Redis directory.
+#[cfg(feature = "redis")]
 struct CacheWriter {
     directory: RedisDirectory,
 }
 
+#[cfg(feature = "redis")]
 impl SinkWriter for CacheWriter {
     fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> WriteFuture<'a> {
         Box::pin(async move {
