@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct RunOptions {
-    /// Multiplies every record count (1.0 = the full run: 500k order events, 1M registrations, 100k orders).
+    /// Multiplies every record count (1.0 = the full run: 300k order events, 1M registrations, 60k orders).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Where the JSON goes; default bench/results/<date>.json for `all`, else
@@ -206,6 +206,11 @@ fn bench(names: Vec<String>, options: RunOptions, all: bool) -> anyhow::Result<(
         cluster::repo_root().join("bench/results").join(name)
     });
     let report = runtime.block_on(async {
+        let mut peers = peers::Peers::new(&work);
+        peers.prepare(
+            plan.iter().any(|j| j.starts_with("kstreams_")),
+            plan.iter().any(|j| j.starts_with("quix_")),
+        );
         let cluster = cluster::Cluster::start(&work, pin.then_some(0)).await?;
         let kafka = orderflow_runtime::broker::KAFKA_VERSION.to_string();
         let mut run = jobs::Run::new(
@@ -213,6 +218,7 @@ fn bench(names: Vec<String>, options: RunOptions, all: bool) -> anyhow::Result<(
             jobs::Sizes::scaled(options.scale),
             work.clone(),
             pin.then_some(1),
+            peers,
         );
         run.perf = options.perf;
         let mut results = BTreeMap::new();

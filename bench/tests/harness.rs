@@ -53,14 +53,14 @@ fn stream_jobs_run_and_write_the_results() {
             "{job}: {j}"
         );
     }
-    // 0.002 of the full run: 1,000 events (half PAID), 2,000 registrations, 200 orders.
-    assert_eq!(report["jobs"]["B1_eos"]["records"], 1000);
+    // 0.002 of the full run: 600 events (half PAID), 2,000 registrations, 120 orders.
+    assert_eq!(report["jobs"]["B1_eos"]["records"], 600);
     assert!(
         report["jobs"]["B1_eos"]["note"]
             .as_str()
-            .is_some_and(|n| n.contains("auth.relations 500"))
+            .is_some_and(|n| n.contains("auth.relations 300"))
     );
-    assert!(report["jobs"]["B3_eos"]["note"].as_str().is_some_and(|n| n.contains("orders.events 400") && n.contains("payments.requests 200")));
+    assert!(report["jobs"]["B3_eos"]["note"].as_str().is_some_and(|n| n.contains("orders.events 240") && n.contains("payments.requests 120")));
     assert_eq!(report["jobs"]["restore_1m"]["records"], 4000);
     assert!(report["ratios"]["B1_alos/B0"].as_f64().is_some());
     assert!(report["ratios"]["B3_eos/B3_alos"].as_f64().is_some());
