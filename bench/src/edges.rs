@@ -1,5 +1,5 @@
 //! The edge jobs: order -> PAID latency through the HTTP edge ([`latency`]), wrk on
-//! the HTTP routes beside a bare axum endpoint ([`wrk`]), and WebSocket chat fan-out
+//! the HTTP routes beside a bare hyper endpoint ([`wrk`]), and WebSocket chat fan-out
 //! ([`ws`]). What they share is here: the measured node ([`EdgeNode`], one per job
 //! and guarantee, each a fresh app), the HTTP client that registers users and places
 //! orders ([`Api`]), the reader of `orders.events` that sees orders become PAID
@@ -52,7 +52,7 @@ const NODE_ENGINE: &str = "orderflow node (http+ws edges, 5 processors)";
 pub async fn run(run: &mut Run, name: &str) -> JobResult {
     let (engine, guarantee) = match name {
         "latency_http" => (NODE_ENGINE, None),
-        "http_ceiling" => ("bare axum JSON endpoint", None),
+        "http_ceiling" => ("bare hyper JSON endpoint", None),
         _ => (NODE_ENGINE, Some(EOS)),
     };
     if let Err(e) = own_cluster(run).await {

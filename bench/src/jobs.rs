@@ -571,7 +571,7 @@ pub fn describe() -> BTreeMap<&'static str, &'static str> {
         ),
         (
             "http_*",
-            "wrk on POST /orders and GET /orders/{id}; http_ceiling: the same wrk on a bare axum JSON endpoint",
+            "wrk on POST /orders and GET /orders/{id}; http_ceiling: the same wrk on a bare hyper JSON endpoint",
         ),
         (
             "ws_fanout_*",

@@ -105,7 +105,7 @@ enum Cmd {
         #[arg(long = "processor", required = true)]
         processors: Vec<String>,
     },
-    /// (measured process) a bare axum JSON endpoint, GET /json, until SIGTERM: the
+    /// (measured process) a bare hyper JSON endpoint, GET /json, until SIGTERM: the
     /// ceiling of the HTTP jobs.
     #[command(hide = true)]
     Ceiling {

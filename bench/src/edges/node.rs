@@ -1,6 +1,6 @@
 //! The measured processes of the edge jobs: `node` (orderflow's processors with the
 //! HTTP and chat edges on one listener, as `orderflow run` builds a node) and
-//! `ceiling` (a bare axum JSON endpoint, the most one core serves).
+//! `ceiling` (a bare hyper JSON endpoint, the most one core serves).
 //!
 //! Each prints the address it listens on as its first line (`edges: http://…` or
 //! `ceiling: http://…`), which the harness reads from its log.
@@ -73,25 +73,57 @@ pub async fn node(
     Ok(())
 }
 
-/// Serves `GET /json` (a small JSON object) on `listen` until SIGTERM.
+/// The ceiling's answer: a small JSON object.
+pub const CEILING_JSON: &[u8] = br#"{"ok":true,"service":"ceiling","version":1}"#;
+
+/// Serves `GET /json` (a small JSON object, anything else 404) on `listen` with hyper
+/// alone, HTTP/1.1 with keep-alive, one task per connection, until SIGTERM: no
+/// router, no middleware, nothing of ours.
 pub async fn ceiling(listen: SocketAddr) -> anyhow::Result<()> {
-    let router = axum::Router::new().route(
-        "/json",
-        axum::routing::get(|| async {
-            axum::Json(serde_json::json!({"ok": true, "service": "ceiling", "version": 1}))
-        }),
-    );
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Method, Request, Response, StatusCode, header};
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     announce(CEILING_ANNOUNCE, listener.local_addr()?)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            term.recv().await;
-        })
-        .await?;
-    Ok(())
+    let answer = |request: Request<Incoming>| async move {
+        if request.method() == Method::GET && request.uri().path() == "/json" {
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(CEILING_JSON)))
+        } else {
+            Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Full::new(Bytes::new()))
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ceiling: accept");
+                        continue;
+                    }
+                };
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let service = hyper::service::service_fn(answer);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "ceiling: connection");
+                    }
+                });
+            }
+        }
+    }
 }
 
 fn announce(prefix: &str, address: SocketAddr) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! The wrk jobs: `POST /orders` and `GET /orders/{id}` with a valid JWT on a node,
-//! and the same wrk run on a bare axum JSON endpoint (`http_ceiling`), the most
+//! and the same wrk run on a bare hyper JSON endpoint (`http_ceiling`), the most
 //! one core serves. wrk runs with the harness (pinned beside the broker), the
 //! measured process alone on its core; a non-2xx answer or a socket error fails the
 //! job.
@@ -394,7 +394,7 @@ pub async fn get_order(run: &mut Run) -> anyhow::Result<JobResult> {
     node.finish(result)
 }
 
-/// http_ceiling: the same wrk run on `GET /json` of a bare axum server on the
+/// http_ceiling: the same wrk run on `GET /json` of a bare hyper server on the
 /// measured core.
 pub async fn ceiling(run: &mut Run) -> anyhow::Result<JobResult> {
     ensure_wrk(run).await?;
@@ -424,8 +424,12 @@ pub async fn ceiling(run: &mut Run) -> anyhow::Result<JobResult> {
         &out,
         cpu,
         rss,
-        "bare axum JSON endpoint",
-        format!("{}; GET /json, a 50-byte JSON object", setup_note(run)),
+        "bare hyper JSON endpoint",
+        format!(
+            "{}; GET /json, a {}-byte JSON object, hyper alone",
+            setup_note(run),
+            super::node::CEILING_JSON.len()
+        ),
     ))
 }
 
