@@ -20,6 +20,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orderflow/target}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The bench alone, as `cargo run -p orderflow-bench` builds it: orderflow-connectors
+# without its sql and redis features, which the workspace build above always has.
+cargo clippy -p orderflow-bench --locked -- -D warnings
 
 # One Apache Kafka broker for the whole run (unless KAFKA_BROKERS names one): every
 # test takes its own random topics, groups and transactional ids on it.
