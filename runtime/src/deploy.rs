@@ -23,14 +23,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ConfigSource, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::engine::{EngineConfig, EngineError, ensure_topics};
+use crate::engine::{EngineConfig, EngineError, create_missing_topics};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::topology::compile::TopicRole;
 use crate::topology::{Cleanup, Topology};
@@ -528,7 +527,9 @@ pub async fn apply(
         .map(|i| i.target.as_str())
         .collect();
     if !created.is_empty() {
-        ensure_topics(topology, config).await?;
+        // The plan has vetted every topic to create: a lost changelog is in it as an
+        // unsafe item that was accepted (--allow), or apply refused before this.
+        create_missing_topics(topology, config, false).await?;
         done.extend(created.iter().map(|t| format!("created {t}")));
     }
     let admin = admin(config)?;
@@ -648,28 +649,11 @@ fn committed_offsets(
             }
         }
     }
-    if partitions.count() == 0 {
-        return Ok(BTreeMap::new());
-    }
-    let consumer: BaseConsumer = crate::engine::client_config(config)
-        .set("group.id", &topology.app)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(kafka("creating a consumer to read committed offsets"))?;
-    let committed = consumer
-        .committed_offsets(partitions, TIMEOUT)
-        .map_err(kafka(format!(
-            "reading the committed offsets of group {}",
-            topology.app
-        )))?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-            _ => None,
-        })
-        .collect())
+    Ok(crate::engine::group_offsets(
+        config,
+        &topology.app,
+        partitions,
+    )?)
 }
 
 /// The processors and sinks reading `topic`, for messages.

@@ -145,6 +145,29 @@ pub enum EngineError {
     /// A stream thread panicked or could not start.
     #[error("stream thread: {0}")]
     Thread(String),
+    /// A store's changelog is gone while its processor's consumer group has moved on:
+    /// creating it anew would give the store an empty start under offsets past
+    /// records it never saw, so the instance refuses (Kafka Streams' KIP-698 idea).
+    #[error("{0}")]
+    ChangelogLost(Box<LostChangelog>),
+}
+
+/// What [`EngineError::ChangelogLost`] found.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the changelog {changelog} of store {store} does not exist, but consumer group {group} has committed offsets for the inputs of {processor} ({offsets}): starting now would give {processor} an empty store while it resumes after records it never saw. Restore the topic (or give the store back its old name), reset the group's offsets so the inputs are processed again, or accept an empty store with `orderflow topology apply --allow 'store {store}'`, which creates the changelog"
+)]
+pub struct LostChangelog {
+    /// The store.
+    pub store: String,
+    /// Its missing changelog topic.
+    pub changelog: String,
+    /// The app's consumer group.
+    pub group: String,
+    /// The store's processor.
+    pub processor: String,
+    /// The committed offsets found, `topic/partition at offset`.
+    pub offsets: String,
 }
 
 fn kafka(context: impl Into<String>, hint: &'static str) -> impl FnOnce(KafkaError) -> EngineError {
@@ -264,9 +287,98 @@ pub(crate) fn client_config(config: &EngineConfig) -> ClientConfig {
     c
 }
 
+/// Fails with [`EngineError::ChangelogLost`] when a changelog among `missing` belongs
+/// to a store whose processor's inputs have offsets committed by the app's group.
+fn refuse_lost_changelogs(
+    topology: &Topology,
+    config: &EngineConfig,
+    missing: &[&crate::topology::compile::Topic],
+    existing: &BTreeMap<String, i32>,
+) -> Result<(), EngineError> {
+    for topic in missing {
+        let crate::topology::compile::TopicRole::Changelog { store } = &topic.role else {
+            continue;
+        };
+        let Some(owner) = topology.stores.get(store).and_then(|s| s.owner.as_ref()) else {
+            continue;
+        };
+        let Some(node) = topology.processors.get(owner) else {
+            continue;
+        };
+        let mut partitions = TopicPartitionList::new();
+        for input in &node.inputs {
+            for partition in 0..existing.get(input).copied().unwrap_or(0) {
+                partitions.add_partition(input, partition);
+            }
+        }
+        let committed = group_offsets(config, &topology.app, partitions)?;
+        if !committed.is_empty() {
+            return Err(EngineError::ChangelogLost(Box::new(LostChangelog {
+                store: store.clone(),
+                changelog: topic.name.clone(),
+                group: topology.app.clone(),
+                processor: owner.clone(),
+                offsets: committed
+                    .iter()
+                    .map(|((t, p), o)| format!("{t}/{p} at {o}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })));
+        }
+    }
+    Ok(())
+}
+
+/// The offsets `group` has committed on `partitions` (those it has none for are
+/// left out), read without joining the group.
+pub(crate) fn group_offsets(
+    config: &EngineConfig,
+    group: &str,
+    partitions: TopicPartitionList,
+) -> Result<BTreeMap<(String, i32), i64>, EngineError> {
+    if partitions.count() == 0 {
+        return Ok(BTreeMap::new());
+    }
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(kafka(
+            "creating a consumer to read committed offsets",
+            CHECK_BROKER,
+        ))?;
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(30))
+        .map_err(kafka(
+            format!("reading the committed offsets of group {group}"),
+            CHECK_BROKER,
+        ))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Creates the topics topology.yaml declares (and the changelog and dead-letter
-/// topics it implies) that are missing; refuses one whose partition count differs.
+/// topics it implies) that are missing; refuses one whose partition count differs,
+/// and a missing changelog whose store would start empty under a consumer group
+/// that has moved on ([`EngineError::ChangelogLost`]).
 pub async fn ensure_topics(topology: &Topology, config: &EngineConfig) -> Result<(), EngineError> {
+    create_missing_topics(topology, config, true).await
+}
+
+/// [`ensure_topics`]; with `guard_changelogs` false a lost changelog is created
+/// like any missing topic (`topology apply` does so once its plan, which names that
+/// store, has been accepted).
+pub(crate) async fn create_missing_topics(
+    topology: &Topology,
+    config: &EngineConfig,
+    guard_changelogs: bool,
+) -> Result<(), EngineError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
         .map_err(kafka("creating the admin client", CHECK_BROKER))?;
@@ -295,6 +407,9 @@ pub async fn ensure_topics(topology: &Topology, config: &EngineConfig) -> Result
     }
     if missing.is_empty() {
         return Ok(());
+    }
+    if guard_changelogs {
+        refuse_lost_changelogs(topology, config, &missing, &existing)?;
     }
     let new: Vec<NewTopic<'_>> = missing
         .iter()

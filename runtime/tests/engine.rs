@@ -2,7 +2,9 @@
 //! rdkafka. Exactly-once counts come out once each, in order, and carry on from the
 //! restored store after a restart; corrupt records go to the dead-letter topic; a
 //! wall-clock timer set before a stop fires after the restart; at_least_once outputs
-//! carry their id header; a task waiting on a deferred job holds up only itself.
+//! carry their id header; a task waiting on a deferred job holds up only itself; a
+//! changelog lost under a group that has moved on stops the app instead of starting
+//! its store empty.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -376,6 +378,50 @@ async fn a_topic_with_another_partition_count_stops_the_app() {
         )),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_changelog_under_a_group_that_moved_on_stops_the_app() {
+    let s = setup("exactly_once", "1h");
+    let users: Vec<String> = (0..5).map(|i| format!("user{i}")).collect();
+    let running = start(&s);
+    produce_clicks(&s, &users).await;
+    read_until(&s, &s.counts, |seen| seen.len() >= 5).await;
+    running.stop().await;
+
+    // The store's changelog is lost while the group's offsets stay: a new instance
+    // would count from zero again after the clicks it already counted.
+    let changelog = Topology::changelog_topic(&s.topology.app, "counts");
+    common::kafka::delete_topic(&changelog).await;
+    let running = start(&s);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), running.task)
+        .await
+        .expect("the app started anyway, its store empty");
+    let message = outcome.unwrap().unwrap_err().to_string();
+    assert!(
+        message.contains(&format!(
+            "the changelog {changelog} of store counts does not exist, but consumer group {} has committed offsets for the inputs of counter ({}/",
+            s.topology.app, s.clicks
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("orderflow topology apply --allow 'store counts'"),
+        "{message}"
+    );
+    assert!(
+        !common::kafka::topic_exists(&changelog),
+        "the refused start created {changelog}"
+    );
+
+    // Accepting the empty store (what `topology apply --allow` does: create the
+    // changelog) lets the app start, and it counts on from an empty store.
+    common::kafka::create_topic(&changelog, 3).await;
+    let running = start(&s);
+    produce_clicks(&s, &users[..1]).await;
+    let seen = read_until(&s, &s.counts, |seen| seen.len() >= 6).await;
+    running.stop().await;
+    assert_eq!(per_user(&seen)["user0"], vec![1, 1], "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

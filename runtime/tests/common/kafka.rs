@@ -65,3 +65,39 @@ pub async fn create_topic(name: &str, partitions: i32) {
         r.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
     }
 }
+
+/// Whether the broker's metadata lists `name`.
+pub fn topic_exists(name: &str) -> bool {
+    let admin: AdminClient<DefaultClientContext> = client().create().expect("admin client");
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(name), Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+}
+
+/// Deletes a topic and waits until the broker no longer lists it.
+pub async fn delete_topic(name: &str) {
+    let admin: AdminClient<DefaultClientContext> = client().create().expect("admin client");
+    let results = admin
+        .delete_topics(
+            &[name],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("delete_topics");
+    for r in results {
+        r.unwrap_or_else(|(topic, e)| panic!("deleting {topic}: {e}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while topic_exists(name) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} still listed 30 s after its deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
