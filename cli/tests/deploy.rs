@@ -4,8 +4,8 @@
 //! topology.yaml with unsafe changes (a partition count, compact -> delete, an
 //! incompatible schema) is refused whole while its safe ones are listed; the safe
 //! ones alone are applied, keeping a topic's other settings; and a store whose
-//! changelog is gone while its processor's group has moved on is unsafe, until the
-//! operator accepts it by name.
+//! changelog is gone while its processor's group has moved on is unsafe (and stops
+//! `orderflow run`) until the operator accepts it by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -232,8 +232,8 @@ async fn a_redeploy_is_planned_applied_and_refused_when_unsafe() {
         Some("compact")
     );
     assert_eq!(cluster.versions("orders.events-value").await, 1);
-    let (out, stdout, _) = cluster.orderflow(&["plan"], None);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (out, stdout, stderr) = cluster.orderflow(&["plan"], None);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("plan: no changes"), "{stdout}");
     assert!(
         stdout.contains(&format!("unchanged: {topics} topics, {schemas} schemas")),
@@ -414,6 +414,42 @@ async fn a_redeploy_is_planned_applied_and_refused_when_unsafe() {
         !cluster.topics().contains_key(&lost),
         "a refused plan creates nothing"
     );
+    // Nor does `orderflow run` recreate the changelog and start the store empty: it
+    // stops, naming the store and the way out.
+    let mut run = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["run", "--processor", "user-cache", "--file"])
+        .arg(&safe_file)
+        .current_dir(root())
+        .env("KAFKA_BROKERS", &cluster.brokers)
+        .env("SCHEMA_REGISTRY_URL", &cluster.registry)
+        .env("ORDERFLOW_APP", APP)
+        .env_remove("ORDERFLOW_PARTITIONS")
+        .env_remove("ORDERFLOW_KAFKA_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("orderflow run started over the lost changelog instead of stopping");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the changelog {lost} of store users-by-email does not exist, but consumer group {APP} has committed offsets for the inputs of user-cache (auth.commands/0 at 1)"
+        )) && stderr.contains("orderflow topology apply --allow 'store users-by-email'"),
+        "{stderr}"
+    );
+    assert!(!cluster.topics().contains_key(&lost), "run created {lost}");
     // A name that is not an unsafe item is refused, not taken as a decision.
     let (out, _, stderr) = cluster.orderflow(
         &["plan", "--allow", "store users-by-mail"],

@@ -347,12 +347,32 @@ pub(crate) fn group_offsets(
             "creating a consumer to read committed offsets",
             CHECK_BROKER,
         ))?;
-    let committed = consumer
-        .committed_offsets(partitions, Duration::from_secs(30))
-        .map_err(kafka(
-            format!("reading the committed offsets of group {group}"),
-            CHECK_BROKER,
-        ))?;
+    // A group's first offset fetch on a new cluster may find its coordinator not
+    // there yet (__consumer_offsets being created or loaded): retried for 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let committed = loop {
+        match consumer.committed_offsets(partitions.clone(), Duration::from_secs(30)) {
+            Err(error)
+                if Instant::now() < deadline
+                    && matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::CoordinatorNotAvailable
+                                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                                | RDKafkaErrorCode::NotCoordinator
+                        )
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            result => {
+                break result.map_err(kafka(
+                    format!("reading the committed offsets of group {group}"),
+                    CHECK_BROKER,
+                ))?;
+            }
+        }
+    };
     Ok(committed
         .elements()
         .iter()
