@@ -109,11 +109,13 @@ fn kept(result: anyhow::Result<PathBuf>) -> Built {
     Some(result.map_err(|e| format!("{e:#}")))
 }
 
-/// The program of a finished set-up, or its failure again.
-fn program(built: &Built) -> Option<anyhow::Result<PathBuf>> {
-    built
-        .as_ref()
-        .map(|b| b.clone().map_err(anyhow::Error::msg))
+/// The program of a set-up, once [`Peers::settle`] has it.
+fn program(built: &Built, what: &str) -> anyhow::Result<PathBuf> {
+    match built {
+        Some(Ok(path)) => Ok(path.clone()),
+        Some(Err(e)) => bail!("{e}"),
+        None => bail!("{what} was not set up: Peers::prepare names the peers a run needs"),
+    }
 }
 
 impl Peers {
@@ -162,37 +164,13 @@ impl Peers {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        let (jar, python) = match pending.await {
+        (self.jar, self.python) = match pending.await {
             Ok(built) => built,
             Err(e) => {
                 let failed = Some(Err(format!("the peers' set-up stopped: {e}")));
                 (failed.clone(), failed)
             }
         };
-        if jar.is_some() {
-            self.jar = jar;
-        }
-        if python.is_some() {
-            self.python = python;
-        }
-    }
-
-    async fn jar(&mut self) -> anyhow::Result<PathBuf> {
-        self.settle().await;
-        if let Some(jar) = program(&self.jar) {
-            return jar;
-        }
-        self.jar = kept(build_jar(&self.logs).await);
-        program(&self.jar).unwrap_or_else(|| Err(anyhow::anyhow!("no jar")))
-    }
-
-    async fn python(&mut self) -> anyhow::Result<PathBuf> {
-        self.settle().await;
-        if let Some(python) = program(&self.python) {
-            return python;
-        }
-        self.python = kept(install_quix(&self.logs).await);
-        program(&self.python).unwrap_or_else(|| Err(anyhow::anyhow!("no venv")))
     }
 
     /// The Kafka Streams peer's command line (one stream thread per core it gets).
@@ -205,7 +183,8 @@ impl Peers {
         app: &str,
         state: &Path,
     ) -> anyhow::Result<Command> {
-        let jar = self.jar().await?;
+        self.settle().await;
+        let jar = program(&self.jar, "the Kafka Streams peer")?;
         let java = std::env::var_os("JAVA_HOME")
             .map(|h| Path::new(&h).join("bin/java"))
             .filter(|p| p.exists())
@@ -239,7 +218,8 @@ impl Peers {
         app: &str,
         state: &Path,
     ) -> anyhow::Result<Command> {
-        let python = self.python().await?;
+        self.settle().await;
+        let python = program(&self.python, "the Quix Streams peer")?;
         let mut c = Command::new(python);
         c.arg(repo_root().join("bench/peers/quix/peer.py"))
             .args([

@@ -37,10 +37,10 @@ struct Cluster {
 
 impl Cluster {
     /// `orderflow topology <args>` on `file` (the real topology.yaml by default).
-    fn orderflow(&self, args: &[&str], file: Option<&Path>) -> (Output, String, String) {
+    /// `orderflow <args>` against this cluster as the app, from the repository root.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
         command
-            .arg("topology")
             .args(args)
             .current_dir(root())
             .env("KAFKA_BROKERS", &self.brokers)
@@ -49,6 +49,11 @@ impl Cluster {
             .env_remove("ORDERFLOW_TOPOLOGY")
             .env_remove("ORDERFLOW_PARTITIONS")
             .env_remove("ORDERFLOW_KAFKA_CONFIG");
+        command
+    }
+
+    fn orderflow(&self, args: &[&str], file: Option<&Path>) -> (Output, String, String) {
+        let mut command = self.command(&[&["topology"], args].concat());
         if let Some(file) = file {
             command.args(["--file", file.to_str().unwrap()]);
         }
@@ -416,15 +421,9 @@ async fn a_redeploy_is_planned_applied_and_refused_when_unsafe() {
     );
     // Nor does `orderflow run` recreate the changelog and start the store empty: it
     // stops, naming the store and the way out.
-    let mut run = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["run", "--processor", "user-cache", "--file"])
+    let mut run = cluster
+        .command(&["run", "--processor", "user-cache", "--file"])
         .arg(&safe_file)
-        .current_dir(root())
-        .env("KAFKA_BROKERS", &cluster.brokers)
-        .env("SCHEMA_REGISTRY_URL", &cluster.registry)
-        .env("ORDERFLOW_APP", APP)
-        .env_remove("ORDERFLOW_PARTITIONS")
-        .env_remove("ORDERFLOW_KAFKA_CONFIG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

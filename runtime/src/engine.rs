@@ -288,41 +288,45 @@ pub(crate) fn client_config(config: &EngineConfig) -> ClientConfig {
 }
 
 /// Fails with [`EngineError::ChangelogLost`] when a changelog among `missing` belongs
-/// to a store whose processor's inputs have offsets committed by the app's group.
+/// to a store whose processor's inputs have offsets committed by the app's group
+/// (one offset fetch for all of them, none when no changelog is missing).
 fn refuse_lost_changelogs(
     topology: &Topology,
     config: &EngineConfig,
     missing: &[&crate::topology::compile::Topic],
     existing: &BTreeMap<String, i32>,
 ) -> Result<(), EngineError> {
-    for topic in missing {
-        let crate::topology::compile::TopicRole::Changelog { store } = &topic.role else {
-            continue;
-        };
-        let Some(owner) = topology.stores.get(store).and_then(|s| s.owner.as_ref()) else {
-            continue;
-        };
-        let Some(node) = topology.processors.get(owner) else {
-            continue;
-        };
-        let mut partitions = TopicPartitionList::new();
-        for input in &node.inputs {
-            for partition in 0..existing.get(input).copied().unwrap_or(0) {
-                partitions.add_partition(input, partition);
-            }
+    let lost: Vec<(&String, &String, &ProcessorNode)> = missing
+        .iter()
+        .filter_map(|topic| {
+            let crate::topology::compile::TopicRole::Changelog { store } = &topic.role else {
+                return None;
+            };
+            let owner = topology.stores.get(store)?.owner.as_ref()?;
+            Some((store, &topic.name, topology.processors.get(owner)?))
+        })
+        .collect();
+    let inputs: BTreeSet<&String> = lost.iter().flat_map(|(_, _, node)| &node.inputs).collect();
+    let mut partitions = TopicPartitionList::new();
+    for input in inputs {
+        for partition in 0..existing.get(input).copied().unwrap_or(0) {
+            partitions.add_partition(input, partition);
         }
-        let committed = group_offsets(config, &topology.app, partitions)?;
-        if !committed.is_empty() {
+    }
+    let committed = group_offsets(config, &topology.app, partitions)?;
+    for (store, changelog, node) in lost {
+        let offsets: Vec<String> = committed
+            .iter()
+            .filter(|((topic, _), _)| node.inputs.contains(topic))
+            .map(|((topic, partition), offset)| format!("{topic}/{partition} at {offset}"))
+            .collect();
+        if !offsets.is_empty() {
             return Err(EngineError::ChangelogLost(Box::new(LostChangelog {
                 store: store.clone(),
-                changelog: topic.name.clone(),
+                changelog: changelog.clone(),
                 group: topology.app.clone(),
-                processor: owner.clone(),
-                offsets: committed
-                    .iter()
-                    .map(|((t, p), o)| format!("{t}/{p} at {o}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                processor: node.name.clone(),
+                offsets: offsets.join(", "),
             })));
         }
     }
